@@ -1,0 +1,30 @@
+"""Test isolation for notebooks and tests alike: a throwaway LaminDB settings folder and no network."""
+import os
+import tempfile
+
+# Before anything imports lamindb: lamindb_setup reads LAMIN_SETTINGS_DIR once, at import.
+_settings = tempfile.mkdtemp(prefix="lamin-lightning-tests-")
+os.environ["LAMIN_SETTINGS_DIR"] = os.environ["LAMIN_LIGHTNING_TEST"] = _settings
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+import pytest  # noqa: E402
+
+from lamin_lightning.testing import NetworkGuard  # noqa: E402  (does not import lamindb)
+
+GUARD = NetworkGuard()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    GUARD.install()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    GUARD.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def no_network_calls():
+    "Every test and notebook: a non-loopback connection attempt fails the test."
+    before = len(GUARD.attempts)
+    yield
+    assert GUARD.attempts[before:] == [], f"network calls attempted: {GUARD.attempts[before:]}"
