@@ -6,6 +6,9 @@ import tempfile
 _settings = tempfile.mkdtemp(prefix="lamin-lightning-tests-")
 os.environ["LAMIN_SETTINGS_DIR"] = os.environ["LAMIN_LIGHTNING_TEST"] = _settings
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# execnb runs notebook cells from a thread that has seen an event loop; Django then refuses synchronous queries
+# unless told that this (single-threaded) use is safe, as in Jupyter.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 import pytest  # noqa: E402
 
