@@ -1,0 +1,41 @@
+# `make demo` and `make test` each set up everything on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+
+.PHONY: env demo test check-export notebooks bench docs-check clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0  # the CPU build; pin it before anything pulls in torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: env
+	PYTHONWARNINGS=ignore $(BIN)/python demo.py
+
+# The notebooks are the source: exporting or cleaning them must not change the tree.
+check-export: env
+	@before=$$(find nbs lamin_lightning -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 sha1sum); \
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export; \
+	after=$$(find nbs lamin_lightning -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' -print0 | sort -z | xargs -0 sha1sum); \
+	if [ "$$before" != "$$after" ]; then diff <(echo "$$before") <(echo "$$after"); \
+	  echo "nbdev-clean/nbdev-export changed files: edit the notebooks, then run both and commit"; exit 1; fi
+
+test: check-export
+	$(BIN)/python -m pytest -p no:warnings tests
+
+bench: env
+	PYTHONWARNINGS=ignore $(BIN)/python bench/checkpoint_overhead.py
+
+# Everything up to Quarto's input (Quarto itself is not installable here).
+docs-check: env
+	$(BIN)/nbdev-proc-nbs
+
+clean:
+	rm -rf .demo _proc _docs
