@@ -1,0 +1,96 @@
+"""Per-save cost of publishing checkpoints: plain ModelCheckpoint vs lamindb's Checkpoint vs lamin_lightning's.
+
+A tiny model saves a checkpoint every training step (save_top_k=-1) for N steps, in one process, one throwaway local
+SQLite instance, with the network refused. Prints the median time each save added over plain ModelCheckpoint for the
+first and last ten saves, and each fit's time as a ratio of the plain fit.
+
+    python bench/checkpoint_overhead.py [--saves 100]
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from lamin_lightning.testing import NetworkGuard, TinyData, TinyModel, isolate_settings, tiny_trainer
+
+isolate_settings()
+guard = NetworkGuard().install()
+
+import lamindb as ln  # noqa: E402
+import lamindb_setup as ln_setup  # noqa: E402
+from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
+
+import lamin_lightning as ll  # noqa: E402
+from lamin_lightning.testing import init_local_instance  # noqa: E402
+
+
+def timed(cls: type) -> type:
+    "A subclass of `cls` that records how long each `_save_checkpoint` took, Lightning's write included."
+
+    class Timed(cls):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.save_seconds: list[float] = []
+
+        def _save_checkpoint(self, trainer, filepath):
+            start = time.perf_counter()
+            super()._save_checkpoint(trainer, filepath)
+            self.save_seconds.append(time.perf_counter() - start)
+
+    Timed.__name__ = f"Timed{cls.__name__}"
+    return Timed
+
+
+def fit(callback, root: Path, saves: int) -> float:
+    trainer = tiny_trainer(root, [callback], logger=False, max_epochs=1, max_steps=saves, limit_train_batches=saves,
+                           limit_val_batches=0)
+    start = time.perf_counter()
+    trainer.fit(TinyModel(), TinyData(n=8 * saves))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--saves", type=int, default=100)
+    parser.add_argument("--skip-lamindb", action="store_true", help="omit lamindb's integration (slow at large N)")
+    args = parser.parse_args()
+    n = args.saves
+    root = Path(tempfile.mkdtemp(prefix="ll-bench-"))
+    init_local_instance(root / "storage")
+    ln.settings.verbosity = "error"
+    ll.save_lightning_features()
+
+    common = dict(save_top_k=-1, every_n_train_steps=1, monitor="train_loss")
+    results: dict[str, tuple[list[float], float]] = {}
+    plain = timed(ModelCheckpoint)(dirpath=root / "plain", **common)
+    results["plain ModelCheckpoint"] = (plain.save_seconds, fit(plain, root, n))
+    ours = timed(ll.Checkpoint)(dirpath=root / "ours", **common)  # the hub flag is untouched: ours never asks
+    results["lamin_lightning.Checkpoint"] = (ours.save_seconds, fit(ours, root, n))
+    stored = ln.Artifact.filter(key__startswith=f"{root / 'ours'}/checkpoints/", suffix=".ckpt").count()
+    assert stored == n, f"expected {n} stored checkpoints, found {stored}"
+    if not args.skip_lamindb:
+        from lamindb.integrations import lightning as lamindb_lightning  # after init: it needs Django's models
+
+        ln_setup.settings.instance._is_on_hub = False  # bench only: lamindb's integration asks the hub otherwise
+        theirs = timed(lamindb_lightning.Checkpoint)(dirpath=str(root / "lamindb"), **common)
+        results["lamindb Checkpoint"] = (theirs.save_seconds, fit(theirs, root, n))
+
+    base_saves, base_fit = results["plain ModelCheckpoint"]
+    first_base, last_base = statistics.median(base_saves[:10]), statistics.median(base_saves[-10:])
+    print(f"\n{n} saves, tiny model, save_top_k=-1, a save every step (medians; ms added per save over plain)")
+    print(f"{'callback':<30}{'saves 1-10':>12}{f'saves {n - 9}-{n}':>14}{'last/first':>12}{'fit s':>8}{'fit ratio':>11}")
+    for name, (seconds, fit_s) in results.items():
+        first = (statistics.median(seconds[:10]) - first_base) * 1000
+        last = (statistics.median(seconds[-10:]) - last_base) * 1000
+        growth = f"{last / first:.2f}" if name != "plain ModelCheckpoint" and first > 0 else "-"
+        print(f"{name:<30}{first:>12.1f}{last:>14.1f}{growth:>12}{fit_s:>8.2f}{fit_s / base_fit:>10.1f}x")
+    print(f"plain save itself: {first_base * 1000:.1f} ms (first ten), {last_base * 1000:.1f} ms (last ten)")
+    print(f"network connections attempted: {len(guard.attempts)}")
+    sys.exit(1 if guard.attempts else 0)
+
+
+if __name__ == "__main__":
+    main()
