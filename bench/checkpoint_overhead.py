@@ -7,7 +7,6 @@ first and last ten saves, and each fit's time as a ratio of the plain fit.
     python bench/checkpoint_overhead.py [--saves 100]
 """
 import argparse
-import os
 import statistics
 import sys
 import tempfile
