@@ -9,7 +9,9 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# The stamp's name is a hash of pyproject.toml and constraints.txt, so only their content matters (nbdev-export
+# rewrites pyproject.toml unchanged, which a timestamp prerequisite would take for a change).
+$(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0  # the CPU build; pin it before anything pulls in torch
