@@ -1,0 +1,67 @@
+"""Shared pieces of the fault-injection tests: what is on disk, what is in LaminDB, and whether the two agree."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def ckpt_files(dirpath: Path) -> set[str]:
+    "Names of the checkpoint files Lightning left in `dirpath`."
+    return {p.name for p in dirpath.glob("*.ckpt")}
+
+
+def stored(prefix: str) -> dict[str, list[dict[str, Any]]]:
+    "`{file name: [feature values of each artifact with that key]}` under `prefix/`."
+    import lamindb as ln
+
+    found: dict[str, list[dict[str, Any]]] = {}
+    for artifact in ln.Artifact.filter(key__startswith=f"{prefix}/", suffix=".ckpt"):
+        values = artifact.features.get_values()
+        values["_bytes"] = Path(artifact.path).read_bytes()
+        found.setdefault(artifact.key.rsplit("/", 1)[1], []).append(values)
+    return found
+
+
+def assert_consistent(dirpath: Path, prefix: str, best_k: dict[str, float], best_path: str, mode: str = "min") -> None:
+    "Every checkpoint file on disk is in LaminDB exactly once, with the same bytes, flags and ranks as Lightning's state."
+    files = ckpt_files(dirpath)
+    db = stored(prefix)
+    assert set(db) == files, f"on disk only: {files - set(db)}, in LaminDB only: {set(db) - files}"
+    for name, artifacts in db.items():
+        assert len(artifacts) == 1, f"{name} is in LaminDB {len(artifacts)} times"
+        assert artifacts[0]["_bytes"] == (dirpath / name).read_bytes(), name
+    ordered = sorted(best_k, key=lambda p: float(best_k[p]), reverse=mode == "max")
+    for rank, path in enumerate(ordered):
+        values = db[Path(path).name][0]
+        assert values["model_rank"] == rank and values["score"] == float(best_k[path]), (path, values)
+    best = [n for n, a in db.items() if a[0].get("is_best_model")]
+    assert best == [Path(best_path).name], best
+    last = [n for n, a in db.items() if a[0].get("is_last_model")]
+    assert len(last) == 1, last
+
+
+def run_script(code: str, *, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    "Run `code` in a fresh Python that connects to the test instance and refuses the network."
+    script = cwd / "script.py"
+    script.write_text(textwrap.dedent('''\
+        from lamin_lightning.testing import NetworkGuard
+        guard = NetworkGuard().install()
+        ''') + textwrap.dedent(code) + textwrap.dedent('''
+        assert not guard.attempts, f"network calls attempted: {guard.attempts}"
+        '''))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sync(path: Path) -> subprocess.CompletedProcess:
+    "The console command, as a user would run it."
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(BIN / "lamin-lightning"), "sync", str(path)], env=env, capture_output=True, text=True,
+                          timeout=300)
