@@ -134,12 +134,13 @@ def test_sqlite_locked_by_another_process(tmp_path: Path) -> None:
 def test_storage_permission_denied(tmp_path: Path, monkeypatch) -> None:
     "3. Writing into the instance's storage fails with EACCES for two epochs: retried once it works again."
     root = use_test_instance()
-    denied = {"on": False}
+    denied = {"on": False, "n": 0}
     link, copy = os.link, shutil.copyfile
 
     def guarded(real):
         def write(source, target, *args, **kwargs):
             if denied["on"] and Path(target).is_relative_to(root):
+                denied["n"] += 1
                 raise PermissionError(13, "Permission denied", str(target))
             return real(source, target, *args, **kwargs)
         return write
@@ -150,16 +151,29 @@ def test_storage_permission_denied(tmp_path: Path, monkeypatch) -> None:
     callback = checkpoint(dirpath)
     trainer = fit(tmp_path, callback, AtEpoch(1, lambda: denied.update(on=True)), AtEpoch(3, lambda: denied.update(on=False)))
     assert trainer.current_epoch == EPOCHS
+    assert denied["n"] >= 4  # the storage really refused the saves of epochs 1 and 2
     assert_consistent(dirpath, f"{dirpath}/checkpoints", callback.best_k_models, callback.best_model_path)
 
 
-KILL_BEFORE_COMMIT = """
+def kill_script(fault: str, **checkpoint: object) -> str:
+    "A child script: `fault` patches lamin_lightning to SIGKILL itself at one point, then a fit into ./ckpts runs."
+    options = ", ".join(f"{k}={v!r}" for k, v in checkpoint.items())
+    return f"""
 import os, signal, sys
 from pathlib import Path
+import lamindb as ln
 import lamin_lightning as ll
 from lamin_lightning.features import ValueWriter
+from lamin_lightning.journal import Store
 from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+{fault}
+dirpath = Path(sys.argv[0]).parent / "ckpts"
+callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", every_n_epochs=1, {options})
+tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=5).fit(TinyModel(), TinyData())
+"""
 
+
+KILL_BEFORE_COMMIT = kill_script("""
 add, calls = ValueWriter.add, {"n": 0}
 def add_then_die(self, artifact, values):
     if artifact.key.endswith(".ckpt") and not artifact.key.endswith("last.ckpt"):
@@ -168,10 +182,7 @@ def add_then_die(self, artifact, values):
             os.kill(os.getpid(), signal.SIGKILL)
     return add(self, artifact, values)
 ValueWriter.add = add_then_die
-dirpath = Path(sys.argv[0]).parent / "ckpts"
-callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=-1, every_n_epochs=1)
-tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=5).fit(TinyModel(), TinyData())
-"""
+""", save_top_k=-1)
 
 
 def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
@@ -197,14 +208,7 @@ def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
     assert journal_files(dirpath) == []
 
 
-KILL_BETWEEN_NEW_AND_OLD = """
-import os, signal, sys
-from pathlib import Path
-import lamindb as ln
-import lamin_lightning as ll
-from lamin_lightning.journal import Store
-from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
-
+KILL_BETWEEN_NEW_AND_OLD = kill_script("""
 retire = Store._retire
 def retire_or_die(self, entry_id, keep_file):
     old = ln.Artifact.objects.filter(id=self.ids.get(entry_id)).first()
@@ -212,11 +216,7 @@ def retire_or_die(self, entry_id, keep_file):
         os.kill(os.getpid(), signal.SIGKILL)
     return retire(self, entry_id, keep_file)
 Store._retire = retire_or_die
-dirpath = Path(sys.argv[0]).parent / "ckpts"
-callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=1, save_last=True, every_n_epochs=1,
-                         enable_version_counter=False)
-tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=3).fit(TinyModel(), TinyData())
-"""
+""", save_top_k=1, save_last=True, enable_version_counter=False)
 
 
 def test_resaved_key_new_before_old(tmp_path: Path) -> None:
