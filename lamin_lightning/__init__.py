@@ -15,7 +15,7 @@ _EXPORTS = {
     "ArtifactObserver": "observers",
     "ArtifactPublishingModelCheckpoint": "publishing",
     "save_lightning_features": "features",
-    "sync": "journal",
+    "sync": "store",
     "Checkpoint": "checkpoint",
     "SaveConfigCallback": "config",
 }
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .config import SaveConfigCallback
     from .events import ArtifactEvent, ArtifactKind, ArtifactRemovedEvent, ArtifactSavedEvent
     from .features import save_lightning_features
-    from .journal import sync
+    from .store import sync
     from .observers import ArtifactObserver
     from .publishing import ArtifactPublishingModelCheckpoint
 

@@ -49,15 +49,22 @@ def assert_consistent(dirpath: Path, prefix: str, best_k: dict[str, float], best
 def run_script(code: str, *, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     "Run `code` in a fresh Python that connects to the test instance and refuses the network."
     script = cwd / "script.py"
-    script.write_text(textwrap.dedent('''\
+    attempts = cwd / "network-attempts.txt"  # written at each refusal, so a SIGKILLed child still reports them
+    script.write_text(textwrap.dedent(f'''\
         from lamin_lightning.testing import NetworkGuard
         guard = NetworkGuard().install()
-        ''') + textwrap.dedent(code) + textwrap.dedent('''
-        assert not guard.attempts, f"network calls attempted: {guard.attempts}"
-        '''))
+        refuse = guard._refuse
+        def record(target):
+            with open({str(attempts)!r}, "a") as log:
+                log.write(target + "\\n")
+            refuse(target)
+        guard._refuse = record
+        ''') + textwrap.dedent(code))
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    result = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert not attempts.exists(), f"network calls attempted: {attempts.read_text()}"
+    return result
 
 
 def sync(path: Path) -> subprocess.CompletedProcess:

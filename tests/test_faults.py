@@ -82,7 +82,7 @@ def test_database_raises_strict(tmp_path: Path, monkeypatch) -> None:
     import lamindb as ln
     from django.db.utils import OperationalError
 
-    from lamin_lightning.journal import StoreError
+    from lamin_lightning.store import StoreError
 
     failing = {"on": False}
     save = ln.Artifact.save
@@ -164,7 +164,7 @@ from pathlib import Path
 import lamindb as ln
 import lamin_lightning as ll
 from lamin_lightning.features import ValueWriter
-from lamin_lightning.journal import Store
+from lamin_lightning.store import Store
 from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
 {fault}
 dirpath = Path(sys.argv[0]).parent / "ckpts"
@@ -279,14 +279,27 @@ def test_password_never_logged(tmp_path: Path, monkeypatch, caplog) -> None:
     import lamindb as ln
     from django.db.utils import OperationalError
 
-    from lamin_lightning.journal import StoreError
+    from lamin_lightning.store import StoreError
+
+    save, calls = ln.Artifact.save, {"n": 0}
 
     def leaky_save(self, *args, **kwargs):
-        raise OperationalError('connection to "postgresql://lamin:hunter2@db.internal:5432/lamin" failed')
+        calls["n"] += 1
+        if calls["n"] in (3, 4):  # two saves fail mid-fit; the rest, before and after, publish and emit events
+            raise OperationalError('connection to "postgresql://lamin:hunter2@db.internal:5432/lamin" failed')
+        return save(self, *args, **kwargs)
 
     monkeypatch.setattr(ln.Artifact, "save", leaky_save)
     recorder = EventRecorder()
-    with caplog.at_level(logging.DEBUG), pytest.raises(StoreError) as raised:
-        fit(tmp_path, checkpoint(tmp_path / "ckpts", strict=True, artifact_observers=[recorder]))
-    assert "hunter2" not in caplog.text + str(raised.value) + json.dumps([repr(e) for e in recorder.events])
-    assert "postgresql://lamin:***@db.internal" in str(raised.value)
+    with caplog.at_level(logging.DEBUG):
+        fit(tmp_path, checkpoint(tmp_path / "ckpts", artifact_observers=[recorder]))
+    events = json.dumps([repr(e) for e in recorder.events] + [str(e.artifact.path) for e in recorder.events if e.artifact])
+    assert calls["n"] > 4 and len(recorder.events) > 4  # the fault happened, and events were emitted around it
+    assert "postgresql://lamin:***@db.internal" in caplog.text  # the error was logged, redacted
+    assert "hunter2" not in caplog.text + events
+
+    monkeypatch.setattr(ln.Artifact, "save", lambda self, *a, **k: (_ for _ in ()).throw(
+        OperationalError('connection to "postgresql://lamin:hunter2@db.internal:5432/lamin" failed')))
+    with pytest.raises(StoreError) as raised:
+        fit(tmp_path, checkpoint(tmp_path / "strict", strict=True))
+    assert "hunter2" not in str(raised.value) and "postgresql://lamin:***@db.internal" in str(raised.value)

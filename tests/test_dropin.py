@@ -1,0 +1,291 @@
+"""Drop-in for both: what `ModelCheckpoint` users and lamindb users already rely on, with a real Trainer and instance."""
+from __future__ import annotations
+
+import argparse
+import builtins
+import inspect
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+from faults import sync
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+
+
+def listing(folder: Path) -> list[str]:
+    "Every entry under `folder`, hidden ones included, relative to it."
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def ckpt_kwargs(dirpath: Path) -> dict:
+    return dict(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+
+
+@pytest.mark.parametrize("async_publish", [False, True], ids=["inline", "async"])
+def test_folder_holds_what_plain_modelcheckpoint_leaves(tmp_path: Path, async_publish: bool) -> None:
+    use_test_instance()
+    import lamin_lightning as ll
+
+    plain = tmp_path / "plain"
+    tiny_trainer(tmp_path, [ModelCheckpoint(**ckpt_kwargs(plain))], logger=False, max_epochs=4).fit(TinyModel(), TinyData())
+    ours = tmp_path / "ours"
+    callback = ll.Checkpoint(**ckpt_kwargs(ours), async_publish=async_publish)
+    tiny_trainer(tmp_path, [callback], logger=False, max_epochs=4).fit(TinyModel(), TinyData())
+    assert listing(ours) == listing(plain)  # no .lamin_lightning/, nothing else
+    assert len(listing(ours)) == 3
+
+
+def test_setup_without_fit_and_direct_saves_leave_no_journal(tmp_path: Path, monkeypatch) -> None:
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    monkeypatch.chdir(tmp_path)  # as reported: `Trainer()` writes under the working directory
+    trainer = pl.Trainer(logger=CSVLogger(tmp_path, name="lone"), enable_progress_bar=False)
+    callback = ll.Checkpoint()
+    callback.setup(trainer, TinyModel(), stage="fit")
+    assert not list(tmp_path.rglob(".lamin_lightning"))
+    assert not (tmp_path / "lightning_logs").exists()
+
+    class Direct(ll.Checkpoint):
+        "A subclass that saves last.ckpt itself, outside a fit."
+
+    dirpath = tmp_path / "direct"
+    direct = Direct(dirpath=dirpath, save_last=True)
+    trainer = tiny_trainer(tmp_path, [direct], logger=False, max_epochs=1)
+    trainer.fit(TinyModel(), TinyData())
+    trainer.strategy.connect(TinyModel())
+    direct._save_last_checkpoint(trainer, {"epoch": torch.tensor(5), "step": torch.tensor(9)})
+    assert listing(dirpath) == ["epoch=0-step=2.ckpt", "last.ckpt"]
+    assert ln.Artifact.filter(key=f"{dirpath}/checkpoints/last.ckpt").count() == 1
+
+
+def write_with(source: str, tmp_path: Path, dirpath: Path, ckpt_path: str | None = None) -> pl.Callback:
+    "Train 3 epochs with `source`'s checkpoint callback into `dirpath`; returns the callback."
+    kwargs = dict(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+    if source == "plain":
+        callback = ModelCheckpoint(**kwargs)
+    elif source == "lamindb":
+        import lamindb_setup as ln_setup
+        from lamindb.integrations.lightning import Checkpoint as LaminCheckpoint
+
+        ln_setup.settings.instance._is_on_hub = False  # test only: lamindb's integration asks the hub otherwise
+        callback = LaminCheckpoint(**kwargs)
+    else:
+        import lamin_lightning as ll
+
+        callback = ll.Checkpoint(**kwargs)
+    tiny_trainer(tmp_path, [callback], logger=False, max_epochs=3).fit(TinyModel(), TinyData(), ckpt_path=ckpt_path)
+    return callback
+
+
+class Capture(pl.Callback):
+    "Records a checkpoint callback's restored state when training starts."
+
+    def __init__(self, target: ModelCheckpoint) -> None:
+        self.target, self.state = target, None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.state = {k: v for k, v in self.target.state_dict().items() if k != "dirpath"}
+
+
+@pytest.mark.parametrize("source", ["plain", "lamindb", "ours"])
+def test_resume_restores_state_written_by_each(tmp_path: Path, source: str) -> None:
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    dirpath = tmp_path / "ckpts"
+    writer = write_with(source, tmp_path, dirpath)
+    written = {k: v for k, v in writer.state_dict().items() if k != "dirpath"}
+    assert written["best_model_path"] and len(written["best_k_models"]) == 2
+
+    resumed = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+    capture = Capture(resumed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_trainer(tmp_path, [resumed, capture], logger=False, max_epochs=4).fit(
+            TinyModel(), TinyData(), ckpt_path=str(dirpath / "last.ckpt"))
+    assert capture.state == written  # best_model_path, best_k_models, kth_*, last_model_path, scores
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
+    prefix = f"{dirpath}/checkpoints/"
+    kept = {Path(p).name for p in resumed.best_k_models} | {"last.ckpt"}
+    published = {a.key.removeprefix(prefix) for a in ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt")}
+    assert kept <= published  # files the restored state named are in LaminDB, with their scores
+    if source == "plain":  # nothing of the first run was in LaminDB: published once at the resume, with scores
+        for path, score in written["best_k_models"].items():
+            if Path(path).exists():
+                (artifact,) = ln.Artifact.filter(key=prefix + Path(path).name)
+                assert artifact.features.get_values()["score"] == pytest.approx(float(score))
+
+
+def test_plain_modelcheckpoint_resumes_from_ours(tmp_path: Path) -> None:
+    use_test_instance()
+    dirpath = tmp_path / "ckpts"
+    ours = write_with("ours", tmp_path, dirpath)
+    written = {k: v for k, v in ours.state_dict().items() if k != "dirpath"}
+    plain = ModelCheckpoint(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+    capture = Capture(plain)
+    tiny_trainer(tmp_path, [plain, capture], logger=False, max_epochs=4).fit(
+        TinyModel(), TinyData(), ckpt_path=str(dirpath / "last.ckpt"))
+    assert capture.state == written
+
+
+def test_signatures_hold_types(tmp_path: Path) -> None:
+    import lamin_lightning as ll
+    from lamin_lightning.publishing import ArtifactPublishingModelCheckpoint
+
+    for cls in (ll.Checkpoint, ArtifactPublishingModelCheckpoint, ll.SaveConfigCallback):
+        for name, param in inspect.signature(cls).parameters.items():
+            assert not isinstance(param.annotation, str), (cls.__name__, name, param.annotation)
+    parser = argparse.ArgumentParser()
+    top_k = inspect.signature(ll.Checkpoint).parameters["save_top_k"]
+    parser.add_argument("--save_top_k", type=top_k.annotation, default=top_k.default)
+    assert parser.parse_args(["--save_top_k", "3"]).save_top_k == 3
+    assert inspect.signature(ll.Checkpoint).parameters["save_last"].annotation == (bool | __import__("typing").Literal["link"] | None)
+
+
+def test_lightning_calling_conventions() -> None:
+    import lamin_lightning as ll
+
+    assert isinstance(inspect.getattr_static(ll.Checkpoint, "_link_checkpoint"), staticmethod)
+    for name, member in vars(ModelCheckpoint).items():
+        ours = inspect.getattr_static(ll.Checkpoint, name)
+        if ours is member or not callable(getattr(ModelCheckpoint, name, None)) or name.startswith("__"):
+            continue
+        assert type(ours) is type(member), name  # static stays static, instance stays instance
+        if inspect.isfunction(member):
+            theirs = [(p.name, p.kind) for p in inspect.signature(member).parameters.values()]
+            mine = [(p.name, p.kind) for p in inspect.signature(ours).parameters.values()]
+            assert mine == theirs, name
+    positional = ll.Checkpoint("ckpts", "{epoch}", "val_loss", False, True, 3)
+    assert (positional.dirpath.endswith("ckpts"), positional.filename, positional.monitor, positional.save_last,
+            positional.save_top_k) == (True, "{epoch}", "val_loss", True, 3)
+
+
+def test_keyword_only_hooks_work(tmp_path: Path) -> None:
+    "A subclass written for lamindb's calling convention: every hook takes keyword-only parameters."
+    use_test_instance()
+    import lamin_lightning as ll
+
+    calls: list[str] = []
+
+    class KeywordOnly(ll.Checkpoint):
+        def resolve_artifact_key(self, *, trainer, filepath, kind):
+            calls.append("key")
+            return super().resolve_artifact_key(trainer=trainer, filepath=filepath, kind=kind)
+
+        def resolve_artifact_storage_uri(self, *, artifact):
+            calls.append("uri")
+            return super().resolve_artifact_storage_uri(artifact=artifact)
+
+        def save_checkpoint_artifact(self, *, trainer, filepath, feature_values=None):
+            calls.append("save")
+            return super().save_checkpoint_artifact(trainer=trainer, filepath=filepath, feature_values=feature_values)
+
+        def save_hparams_artifact(self, *, trainer, hparams_path):
+            calls.append("hparams")
+            return super().save_hparams_artifact(trainer=trainer, hparams_path=hparams_path)
+
+        def remove_checkpoint_artifact(self, *, trainer, filepath):
+            calls.append("remove")
+            return super().remove_checkpoint_artifact(trainer=trainer, filepath=filepath)
+
+        def on_artifact_saved(self, *, event):
+            calls.append("saved")
+
+        def on_artifact_removed(self, *, event):
+            calls.append("removed")
+
+    callback = KeywordOnly(monitor="val_loss", save_top_k=1, save_last="link", every_n_epochs=1)
+    tiny_trainer(tmp_path, [callback], logger=CSVLogger(tmp_path, name="kw"), max_epochs=3).fit(TinyModel(), TinyData())
+    assert {"key", "uri", "save", "hparams", "remove", "saved", "removed"} <= set(calls)
+    assert (Path(callback.dirpath) / "last.ckpt").is_symlink()
+
+
+def test_delete_asks_nothing_and_takes_the_bytes(tmp_path: Path, monkeypatch) -> None:
+    root = use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError(f"prompted: {args}")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    callback = ll.Checkpoint(monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+    tiny_trainer(tmp_path, [callback], logger=CSVLogger(tmp_path, name="del"), max_epochs=3).fit(TinyModel(), TinyData())
+    artifacts = list(ln.Artifact.filter(key__startswith=callback.checkpoint_key_prefix))
+    assert {Path(a.key).suffix for a in artifacts} == {".ckpt", ".yaml"}  # checkpoints and hparams.yaml
+    for artifact in artifacts:
+        stored = Path(artifact.path)
+        local = Path(callback.dirpath) / Path(artifact.key).name
+        assert stored.is_relative_to(root / ".lamindb")
+        if local.exists() and not local.is_symlink():
+            assert os.stat(stored).st_ino == os.stat(local).st_ino  # one copy on disk
+        artifact.delete(permanent=True)
+        assert not stored.exists()  # the bytes went with the record
+    assert (Path(callback.dirpath) / "last.ckpt").exists()  # Lightning's own files stay
+
+
+def test_async_checkpoint_io_loses_nothing_silently(tmp_path: Path) -> None:
+    "Each checkpoint is published, or kept in the journal and listed by `sync`; `sync` then publishes the rest."
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    dirpath = tmp_path / "ckpts"
+    callback = ll.Checkpoint(**ckpt_kwargs(dirpath))
+    tiny_trainer(tmp_path, [callback], logger=False, max_epochs=4, plugins=[AsyncCheckpointIO()]).fit(TinyModel(), TinyData())
+    prefix = f"{dirpath}/checkpoints/"
+    on_disk = {p.name for p in dirpath.glob("*.ckpt")}
+    result = sync(dirpath)
+    assert result.returncode in (0, 2), result.stdout + result.stderr
+    published = {a.key.removeprefix(prefix) for a in ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt")}
+    assert published == on_disk, (published, on_disk, result.stdout)  # nothing marked done that is not in LaminDB
+    for name in on_disk:
+        (artifact,) = ln.Artifact.filter(key=prefix + name)
+        assert Path(artifact.path).read_bytes() == (dirpath / name).read_bytes()
+
+
+def test_wrong_value_type_never_stops_training(tmp_path: Path, caplog) -> None:
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    ln.Feature(name="epoch_count", dtype=int).save()
+    ln.Feature(name="loss_label", dtype=str).save()
+
+    class Counting(TinyModel):
+        def validation_step(self, batch, batch_idx):
+            super().validation_step(batch, batch_idx)
+            self.log("epoch_count", float(self.current_epoch + 1))  # a float with an integral value
+            self.log("loss_label", 0.5)  # a float where the feature wants a str
+
+    dirpath = tmp_path / "ckpts"
+    callback = ll.Checkpoint(**ckpt_kwargs(dirpath), features={"artifact": {"epoch_count": None, "loss_label": None}})
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = tiny_trainer(tmp_path, [callback], logger=False, max_epochs=3)
+        trainer.fit(Counting(), TinyData())
+    assert trainer.current_epoch == 3
+    setup_warnings = [str(w.message) for w in caught if "dtype str but takes the logged metric" in str(w.message)]
+    assert len(setup_warnings) == 1 and "dtype=float" in setup_warnings[0]
+    assert "epoch_count" not in " ".join(str(w.message) for w in caught)
+    save_warnings = [r for r in caplog.records if "Feature 'loss_label'" in r.getMessage()]
+    assert len(save_warnings) == 1 and "published without it" in save_warnings[0].getMessage()
+    last = ln.Artifact.get(key=f"{dirpath}/checkpoints/last.ckpt")
+    values = last.features.get_values()
+    assert values["epoch_count"] == 3 and "loss_label" not in values and values["is_last_model"] is True
