@@ -247,10 +247,11 @@ def check_entries(path: Path, contents: Contents, storage_root: Path | None) -> 
                        "holds an id this package never writes")
         if entry.path and (PurePosixPath(entry.path).is_absolute() or not _inside(home / entry.path, home)):
             refuse(entry, "path", f"lies outside the checkpoint folder {home}")
-        if entry.stored is not None:
-            managed = f"{MANAGED}/{entry.uid}{PurePosixPath(entry.path).suffix}"
-            if entry.stored not in (managed, entry.key):
-                refuse(entry, "stored", f"is neither {managed!r} nor the entry's key")
+        if entry.stored is not None:  # an eviction names the stored bytes of the entry it retires
+            owner = Entry(entry.op, entry.key, id=entry.replaces or "") if entry.op == "remove" else entry
+            managed = f"{MANAGED}/{owner.uid}"
+            if not re.fullmatch(rf"{re.escape(managed)}(\.[^/]*)?", entry.stored) and entry.stored != entry.key:
+                refuse(entry, "stored", f"is neither under {managed!r} nor the entry's key")
             if storage_root is None or PurePosixPath(entry.stored).is_absolute() or ".." in PurePosixPath(entry.stored).parts \
                     or not _inside(storage_root / entry.stored, storage_root):
                 refuse(entry, "stored", f"resolves outside the storage root {storage_root}")

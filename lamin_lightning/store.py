@@ -15,7 +15,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,13 +107,18 @@ def bytes_gone(self: Store, entry: Entry) -> bool:
     return all(_missing(p) for p in places)
 
 # %% ../nbs/05_store.ipynb #d4e5f613
+def _existing(artifact_ids: Iterable[int]) -> set[int]:
+    "The ids among `artifact_ids` whose artifacts still exist (a replayed journal may name since-retired ones)."
+    return set(ln.Artifact.objects.filter(id__in=list(artifact_ids)).values_list("id", flat=True))
+
+
 @patch
 def persist(self: Store, entry: Entry) -> ln.Artifact | None:
     "Make LaminDB reflect `entry`; safe to call again. Returns the saved (or, for a removal, the deleted) artifact."
     from django.db import transaction
 
-    for entry_id, artifact_id in entry.known.items():
-        self.ids.setdefault(entry_id, artifact_id)
+    if known := {e: a for e, a in entry.known.items() if e not in self.ids}:  # only a replay meets these
+        self.ids |= {e: a for e, a in known.items() if a in _existing(known.values())}
     if entry.op == "remove":
         return self._retire(entry.replaces, keep_file=False)
     with quiet_lamindb(self.verbose), transaction.atomic():
@@ -129,6 +134,8 @@ def persist(self: Store, entry: Entry) -> ln.Artifact | None:
             self._write_siblings(entry.siblings)
         self.ids[entry.id] = artifact.id
     self.staged(entry).unlink(missing_ok=True)
+    if entry.path.startswith(f"{STAGING}/"):  # a file from outside the folder, copied next to the journal
+        self.source(entry).unlink(missing_ok=True)
     if entry.replaces is not None:  # the new artifact exists: only now retire the one it replaces
         if self.ids.get(entry.replaces) == artifact.id:
             self.ids.pop(entry.replaces)
@@ -246,8 +253,7 @@ def submit(self: Publisher, entry: Entry) -> ln.Artifact | None:
     with self._lock:
         if self.journal is None:
             self.journal = Journal.create(self.home, ln_setup.settings.instance.slug)
-        if entry.op == "save":
-            self._relative(entry)
+        self._relative(entry)
         references = [e for e in (entry.replaces, *entry.siblings) if e is not None]
         entry.known = {e: self.store.ids[e] for e in references if e in self.store.ids}  # their journal may be gone
         self.journal.add(entry)
@@ -269,12 +275,16 @@ def submit(self: Publisher, entry: Entry) -> ln.Artifact | None:
 @patch
 def _relative(self: Publisher, entry: Entry) -> None:
     "Make `entry.path` relative to the folder, staging a file that lies outside it."
+    if not entry.path:
+        return
     relative = os.path.relpath(os.path.abspath(self.home / entry.path), self.home)
     if relative.split(os.sep)[0] == "..":
-        staged = Path(STAGING) / f"{entry.id}-{Path(entry.path).name}"
-        place_file(self.home / entry.path, self.home / staged)
-        relative = str(staged)
-    entry.path = Path(relative).as_posix()
+        if entry.op == "remove":  # nothing to read: the path only tells which file went
+            relative = ""
+        else:
+            relative = str(Path(STAGING) / f"{entry.id}-{Path(entry.path).name}")
+            place_file(self.home / entry.path, self.home / relative)
+    entry.path = Path(relative).as_posix() if relative else ""
 
 # %% ../nbs/05_store.ipynb #d4e5f618
 @patch
@@ -445,19 +455,26 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
         journal.close(delete=False)
         raise
     report, todo = Report(), contents.open_entries
+    replaced = {e.replaces for e in contents.entries if e.replaces is not None}
+    for entry in [e for e in todo if e.id in replaced]:  # a later entry re-saved or evicted it: nothing to publish
+        journal.done(entry.id, None)
+        report.published += 1
+    todo = [e for e in todo if e.id not in replaced]
     if forget:
         report.forgotten = [(path, e) for e in todo if e.id in contents.abandoned]
         for _, entry in report.forgotten:
             journal.done(entry.id, None)
         todo = [e for e in todo if e.id not in contents.abandoned]
-    store = Store(journal.home, {e: a for e, a in contents.done.items() if a is not None}, recovering=True)
+    made = {e: a for e, a in contents.done.items() if a is not None}
+    store = Store(journal.home, {e: a for e, a in made.items() if a in _existing(made.values())}, recovering=True)
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc=f"lamin-lightning sync {path.name}", unit="entry", disable=not progress) as bar:
         publisher = Publisher(journal.home, store=store, journal=journal, on_done=lambda entry, artifact: bar.update())
         publisher.pending = todo
         publisher.close()
-    report.published, report.pending = publisher.published, len(publisher.pending)
+    report.published += publisher.published
+    report.pending = len(publisher.pending)
     report.abandoned = [(path, e) for e in publisher.abandoned]
     return report
 
