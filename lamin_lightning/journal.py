@@ -248,8 +248,8 @@ def check_entries(path: Path, contents: Contents, storage_root: Path | None) -> 
         if entry.path and (PurePosixPath(entry.path).is_absolute() or not _inside(home / entry.path, home)):
             refuse(entry, "path", f"lies outside the checkpoint folder {home}")
         if entry.stored is not None:  # an eviction names the stored bytes of the entry it retires
-            owner = Entry(entry.op, entry.key, id=entry.replaces or "") if entry.op == "remove" else entry
-            managed = f"{MANAGED}/{owner.uid}"
+            uid = f"{entry.replaces}0000" if entry.op == "remove" else entry.uid
+            managed = f"{MANAGED}/{uid}"
             if not re.fullmatch(rf"{re.escape(managed)}(\.[^/]*)?", entry.stored) and entry.stored != entry.key:
                 refuse(entry, "stored", f"is neither under {managed!r} nor the entry's key")
             if storage_root is None or PurePosixPath(entry.stored).is_absolute() or ".." in PurePosixPath(entry.stored).parts \

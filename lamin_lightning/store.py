@@ -118,7 +118,8 @@ def persist(self: Store, entry: Entry) -> ln.Artifact | None:
     from django.db import transaction
 
     if known := {e: a for e, a in entry.known.items() if e not in self.ids}:  # only a replay meets these
-        self.ids |= {e: a for e, a in known.items() if a in _existing(known.values())}
+        existing = _existing(known.values())
+        self.ids |= {e: a for e, a in known.items() if a in existing}
     if entry.op == "remove":
         return self._retire(entry.replaces, keep_file=False)
     with quiet_lamindb(self.verbose), transaction.atomic():
@@ -466,7 +467,8 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
             journal.done(entry.id, None)
         todo = [e for e in todo if e.id not in contents.abandoned]
     made = {e: a for e, a in contents.done.items() if a is not None}
-    store = Store(journal.home, {e: a for e, a in made.items() if a in _existing(made.values())}, recovering=True)
+    existing = _existing(made.values())
+    store = Store(journal.home, {e: a for e, a in made.items() if a in existing}, recovering=True)
     from tqdm import tqdm
 
     with tqdm(total=len(todo), desc=f"lamin-lightning sync {path.name}", unit="entry", disable=not progress) as bar:

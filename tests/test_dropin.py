@@ -9,6 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import pytest
@@ -159,7 +160,7 @@ def test_signatures_hold_types(tmp_path: Path) -> None:
     top_k = inspect.signature(ll.Checkpoint).parameters["save_top_k"]
     parser.add_argument("--save_top_k", type=top_k.annotation, default=top_k.default)
     assert parser.parse_args(["--save_top_k", "3"]).save_top_k == 3
-    assert inspect.signature(ll.Checkpoint).parameters["save_last"].annotation == (bool | __import__("typing").Literal["link"] | None)
+    assert inspect.signature(ll.Checkpoint).parameters["save_last"].annotation == bool | Literal["link"] | None
 
 
 def test_lightning_calling_conventions() -> None:
