@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: env demo test check-export notebooks bench docs-check clean
+.PHONY: env demo test check-export notebooks outputs bench docs-check clean
 
 env: $(STAMP)
 
@@ -31,6 +31,10 @@ check-export: env
 
 test: check-export
 	$(BIN)/python -m pytest -p no:warnings tests
+
+# Run every notebook in a fresh process and store its outputs (masked: no temp paths or random ids), for the docs.
+outputs: env
+	$(BIN)/python tools/store_outputs.py && $(BIN)/nbdev-clean
 
 bench: env
 	PYTHONWARNINGS=ignore $(BIN)/python bench/checkpoint_overhead.py
