@@ -150,7 +150,8 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
     run_uid_is_version
         With a run from `ln.track()`, put its uid in the key prefix so runs never share keys.
     key_is_virtual
-        `False` stores each file at its key's path in the instance's storage.
+        `False` stores each file at its key's path in the instance's storage; `dirpath` must then be relative. lamindb
+        asks before deleting the bytes of such an artifact, as for its own: pass `delete(permanent=True, storage=True)`.
     artifact_observers
         Objects with `on_artifact_saved(event)` / `on_artifact_removed(event)`, called after each event.
     async_publish
@@ -192,6 +193,10 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
             check_key_part(filename, "filename")
         if dirpath is not None:
             check_key_part(str(dirpath), "dirpath")
+            if not key_is_virtual and os.path.isabs(dirpath):
+                raise ValueError(f"key_is_virtual=False stores each file at its key under the storage root, and keys "
+                                 f"start with dirpath, but {str(dirpath)!r} is absolute. Pass a relative dirpath, or "
+                                 "keep key_is_virtual=True.")
         super().__init__(
             dirpath=dirpath, filename=filename, monitor=monitor, verbose=verbose, save_last=save_last,
             save_top_k=save_top_k, save_on_exception=save_on_exception, save_weights_only=save_weights_only, mode=mode,

@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/testing.html.md"""
 
 # %% auto #0
 __all__ = ['TEST_MARKER', 'isolate_settings', 'init_local_instance', 'use_test_instance', 'NetworkBlocked', 'NetworkGuard',
-           'block_network', 'TinyModel', 'TinyData', 'tiny_trainer', 'EventRecorder']
+           'block_network', 'TinyModel', 'TinyData', 'tiny_trainer', 'EventRecorder', 'TableRenderer']
 
 # %% ../nbs/08_testing.ipynb #bf89b8cf
 import os
@@ -210,3 +210,43 @@ class EventRecorder:
     def summary(self) -> list[tuple[str, str, str]]:
         "One `(saved|removed, kind, key)` row per event."
         return [("saved" if isinstance(e, ArtifactSavedEvent) else "removed", e.kind, e.key) for e in self.events]
+
+# %% ../nbs/08_testing.ipynb #a1b2c3d5
+import re
+
+from fastcore.docments import DocmentTbl, DocmentText, MarkdownRenderer
+
+
+class TableRenderer(MarkdownRenderer):
+    "`show_doc` renderer: the signature without comments, the docstring, and the parameters as a table."
+
+    def signature(self) -> str:
+        "The signature without its docments comments."
+        text = DocmentText(self.sym, maxline=self.maxline, docstring=False)
+        for param in text.dm.values():
+            param["docment"] = None
+        if isinstance(self.sym, type):  # a class: its constructor's parameters, no return type
+            return "class " + str(text).removeprefix("def ").removesuffix("->None:").rstrip(":") + ":"
+        return str(text)
+
+    def docstring(self) -> str:
+        "The docstring without a NumPy `Parameters` section: the table shows the parameters."
+        return re.sub(r"(?ms)^Parameters\n-{3,}\n.*?(?=^\w[\w ]*\n-{3,}\n|\Z)", "", self.docs).strip()
+
+    def table(self) -> str:
+        "The parameters (and return type) as a markdown table; empty when nothing is documented."
+        if isinstance(self.sym, type):
+            return DocmentTbl(self.sym, returns=False)._repr_markdown_()
+        return DocmentTbl(self.sym)._repr_markdown_() if self.isfunc else ""
+
+    def _repr_markdown_(self) -> str:
+        from nbdev.doclinks import NbdevLookup
+
+        source = NbdevLookup().code(self.fn)
+        link = f'[source]({source}){{target="_blank" style="float:right; font-size:smaller"}}\n\n' if source else ""
+        parts = [f"---\n\n{link}{'#' * self.title_level} {self.nm}", f"```python\n{self.signature()}\n```"]
+        if docs := self.docstring():
+            parts.append(f"*{docs}*" if "\n" not in docs else docs)
+        if table := self.table():
+            parts.append(table)
+        return "\n\n".join(parts)

@@ -7,6 +7,8 @@ import copy
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -221,7 +223,18 @@ def test_keyword_only_hooks_work(tmp_path: Path) -> None:
     assert (Path(callback.dirpath) / "last.ckpt").is_symlink()
 
 
-def test_delete_asks_nothing_and_takes_the_bytes(tmp_path: Path, monkeypatch) -> None:
+def other_filesystem() -> Path | None:
+    "A writable folder on another filesystem than the temporary folder (and so the test instance), if there is one."
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and os.stat(shm).st_dev != os.stat(tempfile.gettempdir()).st_dev:
+        return shm
+    return None
+
+
+@pytest.mark.parametrize("layout", ["virtual", "virtual-other-fs", "real-key", "real-key-other-fs"])
+def test_delete_asks_nothing_and_takes_the_bytes(tmp_path: Path, monkeypatch, request, layout: str) -> None:
+    """No question for virtual keys (lamindb's integration asks none either); for `key_is_virtual=False` lamindb asks
+    of every artifact with a real key, its own included, so `storage=True` answers. One copy on one filesystem."""
     root = use_test_instance()
     import lamindb as ln
 
@@ -231,19 +244,38 @@ def test_delete_asks_nothing_and_takes_the_bytes(tmp_path: Path, monkeypatch) ->
         raise AssertionError(f"prompted: {args}")
 
     monkeypatch.setattr(builtins, "input", no_prompt)
-    callback = ll.Checkpoint(monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
-    tiny_trainer(tmp_path, [callback], logger=CSVLogger(tmp_path, name="del"), max_epochs=3).fit(TinyModel(), TinyData())
+    base = tmp_path
+    if layout.endswith("other-fs"):
+        if (other := other_filesystem()) is None:
+            pytest.skip("no second filesystem here")
+        base = Path(tempfile.mkdtemp(dir=other))
+        request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+    monkeypatch.chdir(base)  # a real key needs a relative dirpath: it is a path under the storage root
+    virtual = layout.startswith("virtual")
+    dirpath = f"del-{layout}"
+    callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1,
+                             key_is_virtual=virtual)
+    tiny_trainer(base, [callback], logger=CSVLogger(base, name="del"), max_epochs=3).fit(TinyModel(), TinyData())
     artifacts = list(ln.Artifact.filter(key__startswith=callback.checkpoint_key_prefix))
     assert {Path(a.key).suffix for a in artifacts} == {".ckpt", ".yaml"}  # checkpoints and hparams.yaml
+    same_fs = os.stat(base).st_dev == os.stat(root).st_dev
     for artifact in artifacts:
         stored = Path(artifact.path)
-        local = Path(callback.dirpath) / Path(artifact.key).name
-        assert stored.is_relative_to(root / ".lamindb")
-        if local.exists() and not local.is_symlink():
-            assert os.stat(stored).st_ino == os.stat(local).st_ino  # one copy on disk
-        artifact.delete(permanent=True)
+        local = base / dirpath / Path(artifact.key).name
+        assert stored.is_relative_to(root / ".lamindb") if virtual else stored == root / artifact.key
+        if local.exists():
+            assert (os.stat(stored).st_ino == os.stat(local).st_ino) == same_fs  # one copy on one filesystem
+        artifact.delete(permanent=True, **({} if virtual else {"storage": True}))
         assert not stored.exists()  # the bytes went with the record
-    assert (Path(callback.dirpath) / "last.ckpt").exists()  # Lightning's own files stay
+    assert not ln.Artifact.filter(key__startswith=callback.checkpoint_key_prefix).exists()
+    assert (base / dirpath / "last.ckpt").exists()  # Lightning's own files stay
+
+
+def test_real_keys_need_a_relative_dirpath(tmp_path: Path) -> None:
+    import lamin_lightning as ll
+
+    with pytest.raises(ValueError, match="key_is_virtual=False.*relative dirpath"):
+        ll.Checkpoint(dirpath=tmp_path / "ckpts", key_is_virtual=False)
 
 
 def test_async_checkpoint_io_loses_nothing_silently(tmp_path: Path) -> None:
