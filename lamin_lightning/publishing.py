@@ -9,6 +9,7 @@ __all__ = ['logger_parts', 'logger_dir', 'hparams_dir', 'ArtifactPublishingModel
 
 # %% ../nbs/02_publishing.ipynb #6e243e5f
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,22 @@ class ArtifactPublishingModelCheckpoint(ModelCheckpoint):
     ----------
     artifact_observers
         Objects with `on_artifact_saved(event)` and/or `on_artifact_removed(event)`, called after each event.
+    save_best
+        Keep `best.ckpt` in `dirpath`, pointing at the current best checkpoint (a link where the filesystem allows).
     """
+
+    CHECKPOINT_NAME_BEST = "best"
 
     def __init__(
         self,
         *args: Any,  # `ModelCheckpoint`'s arguments, in its order
         artifact_observers: list[ArtifactObserver] | None = None,  # told of every saved and removed artifact
+        save_best: bool | None = None,  # keep best.ckpt pointing at the current best checkpoint
         **kwargs: Any,  # `ModelCheckpoint`'s arguments by name
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.save_best = save_best
+        self._best_linked = ""  # the checkpoint best.ckpt points at
         self._artifact_observers: list[ArtifactObserver] = [check_observer(o) for o in artifact_observers or []]
         self._latest_artifacts: dict[str, Any | None] = dict.fromkeys(ARTIFACT_KINDS)
         self._last_artifact_event: ArtifactSavedEvent | ArtifactRemovedEvent | None = None
@@ -216,6 +224,7 @@ def _save_checkpoint(self: ArtifactPublishingModelCheckpoint, trainer: pl.Traine
     if trainer.is_global_zero:
         self._save_hparams_once(trainer)
         self.save_checkpoint_artifact(trainer=trainer, filepath=filepath)
+    self._link_best(trainer)
 
 
 @patch
@@ -235,6 +244,42 @@ def _remove_checkpoint(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trai
     super(ArtifactPublishingModelCheckpoint, self)._remove_checkpoint(trainer, filepath)
     if trainer.is_global_zero:
         self.remove_checkpoint_artifact(trainer=trainer, filepath=filepath)
+
+
+@patch
+@override
+def _should_remove_checkpoint(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer, previous: str,
+                              current: str) -> bool:
+    "Lightning's rule, and never the checkpoint this run resumed from (`resumed_from`), wherever it came from."
+    if not super(ArtifactPublishingModelCheckpoint, self)._should_remove_checkpoint(trainer, previous, current):
+        return False
+    return not self.resumed_from(trainer, previous)
+
+
+@patch
+def resumed_from(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer, filepath: str) -> bool:
+    "Whether `filepath` is the checkpoint this run resumed from; here, as Lightning sees it: the same local path."
+    return trainer.ckpt_path is not None and os.path.abspath(filepath) == os.path.abspath(trainer.ckpt_path)
+
+
+@patch(as_prop=True)
+def best_link_path(self: ArtifactPublishingModelCheckpoint) -> str | None:
+    "`{dirpath}/best.ckpt` with `save_best`, else `None`."
+    if not self.save_best or self.dirpath is None:
+        return None
+    return os.path.join(self.dirpath, self.CHECKPOINT_NAME_BEST + self.FILE_EXTENSION)
+
+
+@patch
+def _link_best(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer) -> None:
+    "Point `best.ckpt` at a new best checkpoint, and publish it like `last.ckpt`; on every process (Lightning links collectively)."
+    link = self.best_link_path
+    if link is None or not self.best_model_path or self.best_model_path == self._best_linked:
+        return
+    self._link_checkpoint(trainer, self.best_model_path, link)
+    self._best_linked = self.best_model_path
+    if trainer.is_global_zero:
+        self.save_checkpoint_artifact(trainer=trainer, filepath=link)
 
 
 @patch

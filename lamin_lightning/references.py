@@ -135,7 +135,28 @@ fsspec.register_implementation("lamin", LaminFileSystem, clobber=True)
 class _Write(threading.Event):
     "One asynchronous write of a file: set when it is complete (or failed, with `error`)."
 
-    error: BaseException | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: BaseException | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        self._guard = threading.Lock()
+
+    def when_done(self, callback: Callable[[], None]) -> bool:
+        """Call `callback` in the writing thread right after a successful write, before the next write of the same
+        file can start; `False` if the write is over already (the file then holds its bytes until the caller moves on)."""
+        with self._guard:
+            if self.is_set():
+                return False
+            self._callbacks.append(callback)
+            return True
+
+    def complete(self, error: BaseException | None) -> None:
+        with self._guard:
+            self.error = error
+            if error is None:
+                for callback in self._callbacks:
+                    callback()
+            self.set()
 
 
 @dataclass
@@ -210,8 +231,7 @@ class LaminCheckpointIO(CheckpointIO):
             writes = self._writes.get(os.path.realpath(path), [])
             write = writes.pop(0) if writes else None
         if write is not None:
-            write.error = error
-            write.set()
+            write.complete(error)
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:

@@ -237,6 +237,7 @@ class Publisher:
         self.abandoned: list[Entry] = []
         self.published = 0
         self.failing: BaseException | None = None  # the store error of the current failure streak
+        self.writes: dict[str, threading.Event] = {}  # entry id -> the unfinished asynchronous write of its file
         self._lock = threading.Lock()
         self._crash: BaseException | None = None
         self._wake: queue.Queue[bool] | None = None
@@ -248,8 +249,9 @@ class Publisher:
 
 # %% ../nbs/05_store.ipynb #d4e5f617
 @patch
-def submit(self: Publisher, entry: Entry) -> ln.Artifact | None:
-    "Record `entry` (its `path` absolute or relative to the folder), then persist it: inline, returns its artifact or `None` while pending."
+def submit(self: Publisher, entry: Entry, written: Any | None = None) -> ln.Artifact | None:
+    """Record `entry` (its `path` absolute or relative to the folder), then persist it: inline, returns its artifact or
+    `None` while pending. `written`: the unfinished asynchronous write of the file (an event with `when_done`)."""
     self._raise_crash()
     with self._lock:
         if self.journal is None:
@@ -259,18 +261,43 @@ def submit(self: Publisher, entry: Entry) -> ln.Artifact | None:
         entry.known = {e: self.store.ids[e] for e in references if e in self.store.ids}  # their journal may be gone
         self.journal.add(entry)
         self.pending.append(entry)
-    if entry.op == "save" and (target := self.store.target(entry)) is not None and entry.stored != entry.key:
-        try:  # place the bytes now, while Lightning's file surely has them: cheap, and eviction-proof
-            place_file(self.store.source(entry), target)
-        except OSError:  # the storage refuses: keep these exact bytes next to the journal until it accepts them
-            try:
-                place_file(self.store.source(entry), self.store.staged(entry))
-            except OSError:  # nowhere to keep them yet: persisting retries, and reports what it finds
-                pass
+    if written is not None and written.when_done(lambda: self._place(entry)):
+        self.writes[entry.id] = written  # its bytes are placed as soon as they are complete; persisting waits
+    else:
+        self._place(entry)
     if self._wake is not None:
         self._wake.put(True)
         return None
     return self.drain().get(entry.id)
+
+
+@patch
+def _place(self: Publisher, entry: Entry) -> None:
+    """Put the bytes of a complete file where they will be registered (a hard link: cheap), so that neither an eviction
+    nor a re-save of the same path changes what is published. Bytes that lamindb places itself (a real key, cloud
+    storage) wait next to the journal."""
+    if entry.op != "save":
+        return
+    target = self.store.target(entry)
+    if target is None or entry.stored == entry.key:
+        target = self.store.staged(entry)
+    try:
+        place_file(self.store.source(entry), target)
+    except OSError:  # the storage refuses: keep these exact bytes next to the journal until it accepts them
+        try:
+            place_file(self.store.source(entry), self.store.staged(entry))
+        except OSError:  # nowhere to keep them yet: persisting retries, and reports what it finds
+            pass
+
+
+@patch
+def keep(self: Publisher, path: str | Path) -> None:
+    "Before `path` is deleted: wait for the writes of the pending entries that publish it, and keep their bytes."
+    real = os.path.realpath(path)
+    with self._lock:
+        waiting = [e for e in self.pending if e.id in self.writes and os.path.realpath(self.store.source(e)) == real]
+    for entry in waiting:
+        self.writes[entry.id].wait()  # its bytes were placed when the write completed
 
 
 @patch
@@ -295,6 +322,11 @@ def drain(self: Publisher) -> dict[str, ln.Artifact | None]:
     while self.pending:
         entry = self.pending[0]
         try:
+            if (write := self.writes.get(entry.id)) is not None:
+                write.wait()  # an asynchronous write: publish only its final bytes
+                if (failed := getattr(write, "error", None)) is not None:
+                    raise OSError(f"writing {self.store.source(entry)} failed: {failed!r}")
+                self.writes.pop(entry.id)
             artifact = self.store.persist(entry)
         except Exception as error:
             if entry.op == "save" and self.store.bytes_gone(entry):
