@@ -263,7 +263,7 @@ def resolve_artifact_storage_uri(self: Checkpoint, artifact: ln.Artifact) -> str
 # %% ../nbs/07_checkpoint.ipynb #e1a2b381
 def entry_point() -> str:
     "The training entry point: the test module under pytest, the module run by `python -m`, or the script's file name."
-    if test := os.environ.get("PYTEST_CURRENT_TEST"):
+    if "pytest" in sys.modules and (test := os.environ.get("PYTEST_CURRENT_TEST")):  # not in a child process
         return Path(test.split("::")[0]).name
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

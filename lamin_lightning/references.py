@@ -129,7 +129,7 @@ class LaminFileSystem(AbstractFileSystem):
         return open(local_path(self._strip_protocol(path))[0], mode)
 
 
-fsspec.register_implementation("lamin", LaminFileSystem, clobber=True)
+fsspec.register_implementation("lamin", "lamin_lightning.references.LaminFileSystem", clobber=True)  # by name: one class
 
 # %% ../nbs/06_references.ipynb #f6a00023
 class _Write(threading.Event):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from lamin_lightning.testing import use_test_instance
@@ -73,3 +74,35 @@ def test_cli_without_checkpoint_fails_before_training(tmp_path: Path) -> None:
     assert "the trainer has none. Add one" in result.stderr
     assert "SaveConfigCallback.setup" in result.stderr or "in setup" in result.stderr  # raised at setup, before a batch
     assert not list(tmp_path.rglob("config.yaml"))  # nothing was saved before the error
+
+
+def test_cli_resumes_by_reference_with_the_checkpoint_hyperparameters(tmp_path: Path) -> None:
+    use_test_instance()
+    import lamindb as ln
+
+    config = {
+        "trainer": {
+            "default_root_dir": str(tmp_path), "max_epochs": 2, "limit_train_batches": 2, "limit_val_batches": 1,
+            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "cli"}},
+            "callbacks": [{"class_path": "lamin_lightning.Checkpoint",
+                           "init_args": {"monitor": "val_loss", "save_last": True}}],
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    first = run_cli("fit", "--config", "config.yaml", "--model.lr=0.03", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = ln.Artifact.get(key="logs/cli/version_0/checkpoints/last.ckpt")
+
+    second = run_cli("fit", "--config", "config.yaml", "--trainer.max_epochs=4",
+                     "--ckpt_path", "lamin://logs/cli/version_0@last", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Restoring states from the checkpoint path at lamin://logs/cli/version_0@last" in second.stderr + second.stdout
+    saved = ln.Artifact.get(key="logs/cli/version_1/config.yaml")
+    assert yaml.safe_load(Path(saved.path).read_text())["model"]["lr"] == 0.03  # merged from the checkpoint
+    new_last = ln.Artifact.get(key="logs/cli/version_1/checkpoints/last.ckpt")
+    assert torch.load(new_last.path, weights_only=True)["global_step"] == 8  # resumed at step 4
+    inputs = set(new_last.run.input_artifacts.all())
+    assert inputs == {last, saved}  # lineage: what it resumed from and its config
+    assert new_last.run.transform.key == "cli_app.py"
