@@ -341,8 +341,8 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
 def _checkpoint_dir(self: Checkpoint, trainer: pl.Trainer) -> Path:
     "Lightning's checkpoint folder, found without the collective call its own `setup` makes; the journal's home."
     if self.dirpath is not None:
-        return Path(self.dirpath)
-    return (logger_dir(trainer) or Path(trainer.default_root_dir)) / "checkpoints"
+        return Path(self.dirpath).absolute()
+    return ((logger_dir(trainer) or Path(trainer.default_root_dir)) / "checkpoints").absolute()
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b306
 @patch
@@ -446,7 +446,8 @@ def _as_features(self: Checkpoint, values: dict[Any, Any]) -> dict[ln.Feature, A
 def _entry(self: Checkpoint, op: Literal["save", "remove"], kind: ArtifactKind, key: str, filepath: str,
            **kwargs: Any) -> Entry:
     run = self._fit.run if self._fit is not None else None
-    entry = Entry(op, key, kind=kind, path=str(filepath), run=run.uid if run is not None else None, **kwargs)
+    path = os.path.abspath(filepath)  # Lightning's path, which may be relative to the working directory
+    entry = Entry(op, key, kind=kind, path=path, run=run.uid if run is not None else None, **kwargs)
     if op == "save":
         entry.stored = stored_path(entry, filepath, cloud=storage_root() is None, key_is_virtual=self.key_is_virtual)
     return entry
