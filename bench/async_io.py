@@ -63,7 +63,12 @@ def main() -> None:
 
         ln_setup.settings.instance._is_on_hub = False  # bench only: lamindb's integration asks the hub otherwise
         theirs = timed(lamindb_lightning.Checkpoint)(dirpath=str(root / "lamindb"), **common)
-        fit(theirs, root, args.saves, args.width)
+        try:
+            fit(theirs, root, args.saves, args.width)
+        except Exception as error:  # the result to report: lamindb's integration stopped training
+            crashed = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
+        else:
+            crashed = ""
         rows["lamindb Checkpoint"] = theirs.save_seconds
         stale_counts["lamindb Checkpoint"] = stale(f"{root / 'lamindb'}/", root / "lamindb")
 
@@ -72,8 +77,13 @@ def main() -> None:
     print(f"\n{args.saves} saves of {size:.1f} MB under AsyncCheckpointIO (median ms training waited per save)")
     print(f"{'callback':<30}{'ms/save':>10}{'ratio':>8}{'stale bytes':>13}")
     for name, seconds in rows.items():
+        if not seconds:  # stopped at its first save
+            print(f"{name:<30}{'-':>10}{'-':>8}{'-':>13}")
+            continue
         median = statistics.median(seconds)
         print(f"{name:<30}{median * 1000:>10.2f}{median / base:>7.2f}x{stale_counts.get(name, '-'):>13}")
+    if not args.skip_lamindb and crashed:
+        print(f"lamindb Checkpoint stopped training after {len(rows['lamindb Checkpoint'])} saves: {crashed}")
     print(f"network connections attempted: {len(guard.attempts)}")
     sys.exit(1 if guard.attempts else 0)
 
