@@ -221,7 +221,9 @@ class LaminCheckpointIO(CheckpointIO):
         return io
 
     def pending_write(self, path: _PATH) -> _Write | None:
-        "The newest unfinished write of `path`, if any."
+        "The newest unfinished write of `path`, if any; always `None` for a synchronous IO (nothing to look up)."
+        if not self.asynchronous:
+            return None
         with self._lock:
             writes = [w for w in self._writes.get(os.path.realpath(path), []) if not w.is_set()]
         return writes[-1] if writes else None

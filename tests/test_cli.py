@@ -17,21 +17,26 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(APP), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def cli_config(tmp_path: Path, logs: str, max_epochs: int, **checkpoint: object) -> dict:
+    "A LightningCLI config: a tiny quiet trainer, a CSVLogger under `tmp_path/logs`, and `lamin_lightning.Checkpoint`."
+    return {
+        "trainer": {
+            "default_root_dir": str(tmp_path), "max_epochs": max_epochs, "limit_train_batches": 2,
+            "limit_val_batches": 1, "enable_progress_bar": False, "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(tmp_path / logs), "name": "cli"}},
+            "callbacks": [{"class_path": "lamin_lightning.Checkpoint", "init_args": checkpoint}],
+        },
+    }
+
+
 def test_cli_fit_stores_config_and_checkpoints(tmp_path: Path) -> None:
     use_test_instance()
     import lamindb as ln
 
-    config = {
-        "trainer": {
-            "default_root_dir": str(tmp_path), "max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 1,
-            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "clilogs"), "name": "cli"}},
-            "callbacks": [{"class_path": "lamin_lightning.Checkpoint",
-                           "init_args": {"monitor": "val_loss", "save_top_k": 2, "save_last": True}}],
-        },
-        "model": {"lr": 0.03},
-    }
+    config = cli_config(tmp_path, "clilogs", max_epochs=3, monitor="val_loss", save_top_k=2, save_last=True)
+    config["model"] = {"lr": 0.03}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_cli("fit", "--config", "config.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,16 +85,7 @@ def test_cli_resumes_by_reference_with_the_checkpoint_hyperparameters(tmp_path: 
     use_test_instance()
     import lamindb as ln
 
-    config = {
-        "trainer": {
-            "default_root_dir": str(tmp_path), "max_epochs": 2, "limit_train_batches": 2, "limit_val_batches": 1,
-            "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(tmp_path / "logs"), "name": "cli"}},
-            "callbacks": [{"class_path": "lamin_lightning.Checkpoint",
-                           "init_args": {"monitor": "val_loss", "save_last": True}}],
-        },
-    }
+    config = cli_config(tmp_path, "logs", max_epochs=2, monitor="val_loss", save_last=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     first = run_cli("fit", "--config", "config.yaml", "--model.lr=0.03", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
