@@ -7,9 +7,10 @@ integration is measured too: it publishes right after the hand-off, before the w
 counts the checkpoints it published with bytes different from the final file. Everything runs in one process with a
 throwaway local SQLite instance and the network refused.
 
-    python bench/async_io.py [--saves 40] [--width 200000] [--skip-lamindb]
+    python bench/async_io.py [--widths 200000,2000000,20000000] [--saves 40,20,10] [--skip-lamindb]
 """
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -36,45 +37,44 @@ def stale(prefix: str, folder: Path) -> int:
     return sum(a.hash != hash_file(folder / Path(a.key).name)[1] for a in artifacts if (folder / Path(a.key).name).exists())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--saves", type=int, default=40)
-    parser.add_argument("--width", type=int, default=200_000, help="model width: 4 bytes per unit in each checkpoint")
-    parser.add_argument("--skip-lamindb", action="store_true")
-    args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ll-bench-async-"))
-    init_local_instance(root / "storage")
-    ln.settings.verbosity = "error"
-    ll.save_lightning_features()
+ROUNDS = 2
+
+
+def measure(root: Path, saves: int, width: int, with_lamindb: bool) -> None:
+    "One table: the three callbacks, each fitting `saves` steps of a model of `width` units with a save at every step."
     common = dict(save_top_k=-1, every_n_train_steps=1, monitor="train_loss")
-    fit(ModelCheckpoint(dirpath=root / "warmup", **common), root, 10, args.width)
-    rows: dict[str, list[float]] = {}
-    plain = timed(ModelCheckpoint)(dirpath=root / "plain", **common)
-    fit(plain, root, args.saves, args.width)
-    rows["plain ModelCheckpoint"] = plain.save_seconds
-    ours = timed(ll.Checkpoint)(dirpath=root / "ours", **common)
-    fit(ours, root, args.saves, args.width)
-    rows["lamin_lightning Checkpoint"] = ours.save_seconds
-    prefix = f"{root / 'ours'}/checkpoints/"
-    assert ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt").count() == args.saves
-    stale_counts = {"lamin_lightning Checkpoint": stale(prefix, root / "ours")}
-    if not args.skip_lamindb:
+    rows: dict[str, list[float]] = {"plain ModelCheckpoint": [], "lamin_lightning Checkpoint": []}
+    root = root / f"width-{width}"  # a folder (and key prefix) of its own
+    fit(ModelCheckpoint(dirpath=root / "warmup", **common), root, 3, width)  # memory of this size allocated once
+    stale_counts = {"lamin_lightning Checkpoint": 0}
+    for turn in range(ROUNDS):  # interleaved, so that neither callback always runs on a warmer machine
+        plain = timed(ModelCheckpoint)(dirpath=root / f"plain-{turn}", **common)
+        fit(plain, root, saves, width)
+        rows["plain ModelCheckpoint"] += plain.save_seconds
+        size = next((root / f"plain-{turn}").glob("*.ckpt")).stat().st_size / 1e6
+        shutil.rmtree(root / f"plain-{turn}")
+        ours = timed(ll.Checkpoint)(dirpath=root / f"ours-{turn}", **common)
+        fit(ours, root, saves, width)
+        rows["lamin_lightning Checkpoint"] += ours.save_seconds
+        prefix = f"{root / f'ours-{turn}'}/checkpoints/"
+        assert ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt").count() == saves
+        stale_counts["lamin_lightning Checkpoint"] += stale(prefix, root / f"ours-{turn}")
+        shutil.rmtree(root / f"ours-{turn}")
+    crashed = ""
+    if with_lamindb:
         from lamindb.integrations import lightning as lamindb_lightning
 
         ln_setup.settings.instance._is_on_hub = False  # bench only: lamindb's integration asks the hub otherwise
         theirs = timed(lamindb_lightning.Checkpoint)(dirpath=str(root / "lamindb"), **common)
         try:
-            fit(theirs, root, args.saves, args.width)
+            fit(theirs, root, saves, width)
         except Exception as error:  # the result to report: lamindb's integration stopped training
             crashed = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
-        else:
-            crashed = ""
         rows["lamindb Checkpoint"] = theirs.save_seconds
         stale_counts["lamindb Checkpoint"] = stale(f"{root / 'lamindb'}/", root / "lamindb")
 
     base = statistics.median(rows["plain ModelCheckpoint"])
-    size = (root / "plain").glob("*.ckpt").__next__().stat().st_size / 1e6
-    print(f"\n{args.saves} saves of {size:.1f} MB under AsyncCheckpointIO (median ms training waited per save)")
+    print(f"\n{ROUNDS} x {saves} saves of {size:.1f} MB under AsyncCheckpointIO (median ms training waited per save)")
     print(f"{'callback':<30}{'ms/save':>10}{'ratio':>8}{'stale bytes':>13}")
     for name, seconds in rows.items():
         if not seconds:  # stopped at its first save
@@ -82,8 +82,24 @@ def main() -> None:
             continue
         median = statistics.median(seconds)
         print(f"{name:<30}{median * 1000:>10.2f}{median / base:>7.2f}x{stale_counts.get(name, '-'):>13}")
-    if not args.skip_lamindb and crashed:
+    if crashed:
         print(f"lamindb Checkpoint stopped training after {len(rows['lamindb Checkpoint'])} saves: {crashed}")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--widths", default="200000,2000000,20000000",
+                        help="model widths, comma-separated: 4 bytes per unit in each checkpoint")
+    parser.add_argument("--saves", default="40,20,10", help="saves for each width, comma-separated")
+    parser.add_argument("--skip-lamindb", action="store_true")
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ll-bench-async-"))
+    init_local_instance(root / "storage")
+    ln.settings.verbosity = "error"
+    ll.save_lightning_features()
+    for width, saves in zip(map(int, args.widths.split(",")), map(int, args.saves.split(",")), strict=True):
+        measure(root, saves, width, not args.skip_lamindb)
     print(f"network connections attempted: {len(guard.attempts)}")
     sys.exit(1 if guard.attempts else 0)
 

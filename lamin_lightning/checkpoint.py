@@ -10,6 +10,7 @@ __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'Checkpoint', 'entry_
 # %% ../nbs/07_checkpoint.ipynb #3f096877
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from datetime import timedelta
@@ -114,7 +115,7 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
     Takes every argument of Lightning's `ModelCheckpoint`, in its order, and of lamindb's `Checkpoint`. Checkpoints
     are annotated with the `lamindb.lightning` features that `save_lightning_features()` created: `is_best_model`,
     `is_last_model`, `score`, `model_rank` (0 = best of Lightning's `best_k_models`), `save_weights_only`,
-    `monitor`, `mode`; the run from `ln.track()` gets the trainer settings and the hyperparameters that have features.
+    `monitor`, `mode`, and `epoch`, `step` (ours: where training was); the run from `ln.track()` gets the trainer settings and the hyperparameters that have features.
     Works offline.
 
     Parameters
@@ -223,6 +224,8 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
         self.strict = strict
         self._trainer: pl.Trainer | None = None
         self._fit: _FitState | None = None
+        self._scores: dict[str, tuple[Any, float]] = {}  # path -> (Lightning's score tensor, its float)
+        self._made_at: dict[str, tuple[int, int]] = {}  # path -> (epoch, global step) when it was saved
         self._restored = False  # Lightning restored this callback's state from a checkpoint
         self._io: LaminCheckpointIO | None = None
 
@@ -414,7 +417,18 @@ def _user_values(self: Checkpoint, trainer: pl.Trainer) -> dict[ln.Feature, Any]
 @patch
 def _ranks(self: Checkpoint) -> dict[str, int]:
     "Rank of each of Lightning's best_k_models, 0 = best."
-    ordered = sorted(self.best_k_models, key=lambda p: float(self.best_k_models[p]), reverse=self.mode == "max")
+    cache = self._scores  # a tensor's float() costs microseconds: once per checkpoint
+    if len(cache) > 2 * len(self.best_k_models):
+        cache.clear()
+
+    def score(path: str) -> float:
+        value = self.best_k_models[path]
+        known = cache.get(path)
+        if known is None or known[0] is not value:
+            known = cache[path] = (value, float(value))
+        return known[1]
+
+    ordered = sorted(self.best_k_models, key=score, reverse=self.mode == "max")
     return {path: rank for rank, path in enumerate(ordered)}
 
 
@@ -426,10 +440,14 @@ def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, ran
     if score is None and self.monitor is not None:
         score = trainer.callback_metrics.get(self.monitor)
     score = float(score) if score is not None else None
+    if not pointer:
+        self._made_at[filepath] = (trainer.current_epoch, trainer.global_step)  # as in Lightning's file names
+    epoch, step = self._made_at.get(self.best_model_path if pointer else filepath, (None, None))
     values = features.values(features.auto, dict(
         is_best_model=filepath == self.best_model_path, is_last_model=not pointer,
         score=score if score is not None and abs(score) != float("inf") and score == score else None,
         model_rank=rank, save_weights_only=self.save_weights_only, monitor=self.monitor, mode=self.mode,
+        epoch=epoch, step=step,
     ))
     return values | self._user_values(trainer)
 
@@ -499,6 +517,14 @@ def save_config_artifact(self: Checkpoint, trainer: pl.Trainer, config_path: Pat
     key = self.resolve_artifact_key(trainer=trainer, filepath=config_path, kind="config")
     return fit.publisher.submit(self._entry("save", "config", key, str(config_path),
                                             description="Lightning CLI config", as_run_input=True))
+
+# %% ../nbs/07_checkpoint.ipynb #e1a2b3y2
+@patch
+@override
+def _save_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> None:
+    publisher = self._fit.publisher if self._fit is not None else None
+    with publisher.yielding() if publisher is not None else nullcontext():
+        ArtifactPublishingModelCheckpoint._save_checkpoint(self, trainer, filepath)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b312
 @patch

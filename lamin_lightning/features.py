@@ -20,6 +20,7 @@ FEATURE_TYPE: Final = "lamindb.lightning"
 ARTIFACT_FEATURES: Final[dict[str, type]] = {
     "is_best_model": bool, "is_last_model": bool, "score": float, "model_rank": int,
     "save_weights_only": bool, "monitor": str, "mode": str,
+    "epoch": int, "step": int,  # ours: where in training a checkpoint was made (lamindb's integration does not set them)
 }
 RUN_FEATURES: Final[dict[str, type]] = {
     "logger_name": str, "logger_version": str, "max_epochs": int, "max_steps": int, "precision": str,
@@ -35,7 +36,7 @@ def save_lightning_features() -> None:
     """Create the `lamindb.lightning` feature type and its features where missing.
 
     Artifact features: is_best_model, is_last_model (bool), score (float), model_rank (int, 0 = best),
-    save_weights_only (bool), monitor, mode (str). Run features: logger_name, logger_version, precision, monitor,
+    save_weights_only (bool), monitor, mode (str), and our epoch, step (int). Run features: logger_name, logger_version, precision, monitor,
     mode (str), max_epochs, max_steps, accumulate_grad_batches (int), gradient_clip_val (float).
     """
     feature_type = _feature_type()
@@ -45,9 +46,13 @@ def save_lightning_features() -> None:
         feature_type._dtype_str = "__lamindb_lightning__"  # the marker lamindb's integration gives this type
         feature_type.save()
     existing = set(ln.Feature.filter(type=feature_type).values_list("name", flat=True))
-    for name, dtype in {**ARTIFACT_FEATURES, **RUN_FEATURES}.items():
-        if name not in existing:
-            ln.Feature(name=name, dtype=dtype, type=feature_type).save()
+    verbosity, ln.settings.verbosity = ln.settings.verbosity, "error"  # not "a similar name exists: max_epochs"
+    try:
+        for name, dtype in {**ARTIFACT_FEATURES, **RUN_FEATURES}.items():
+            if name not in existing:
+                ln.Feature(name=name, dtype=dtype, type=feature_type).save()
+    finally:
+        ln.settings.verbosity = verbosity
 
 # %% ../nbs/03_features.ipynb #b18c11d3
 FeatureSpec = Mapping[Literal["run", "artifact"], Mapping[str, Any]]

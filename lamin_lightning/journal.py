@@ -11,6 +11,7 @@ __all__ = ['STAGING', 'MANAGED', 'new_entry_id', 'Entry', 'stored_path', 'place_
 # %% ../nbs/04_journal.ipynb #2880af01
 import json
 import os
+import random
 import re
 import shutil
 import stat
@@ -30,9 +31,15 @@ except ImportError:  # Windows: journals are not locked
     fcntl = None  # type: ignore[assignment]
 
 # %% ../nbs/04_journal.ipynb #740828d2
+_ids: tuple[int, random.Random] | None = None  # (pid, generator): reseeded in a forked process
+
+
 def new_entry_id() -> str:
-    "16 hex characters: unique, and the stem of the entry's artifact uid."
-    return uuid.uuid4().hex[:16]
+    "16 hex characters: unique (64 random bits), and the stem of the entry's artifact uid."
+    global _ids
+    if _ids is None or _ids[0] != os.getpid():  # seeded from the OS once, not by the user's `random.seed`
+        _ids = (os.getpid(), random.Random(uuid.uuid4().int))
+    return f"{_ids[1].getrandbits(64):016x}"
 
 
 @dataclass

@@ -286,6 +286,9 @@ def _link_best(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer) -> 
 def _save_hparams_once(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer) -> None:
     if self._hparams_saved:
         return
+    if not trainer.loggers:  # only a logger writes hparams.yaml: nothing to look for at each save
+        self._hparams_saved = True
+        return
     path = hparams_dir(trainer) / "hparams.yaml"
     if path.exists():
         self.save_hparams_artifact(trainer=trainer, hparams_path=path)

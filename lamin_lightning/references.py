@@ -138,12 +138,13 @@ class _Write(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self.error: BaseException | None = None
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[BaseException | None], None]] = []
         self._guard = threading.Lock()
 
-    def when_done(self, callback: Callable[[], None]) -> bool:
-        """Call `callback` in the writing thread right after a successful write, before the next write of the same
-        file can start; `False` if the write is over already (the file then holds its bytes until the caller moves on)."""
+    def when_done(self, callback: Callable[[BaseException | None], None]) -> bool:
+        """Call `callback(error)` in the writing thread right after the write (`error` is `None` when it succeeded),
+        before the next write of the same file can start; `False` if the write is over already (the file then holds
+        its bytes until the caller moves on)."""
         with self._guard:
             if self.is_set():
                 return False
@@ -153,9 +154,8 @@ class _Write(threading.Event):
     def complete(self, error: BaseException | None) -> None:
         with self._guard:
             self.error = error
-            if error is None:
-                for callback in self._callbacks:
-                    callback()
+            for callback in self._callbacks:
+                callback(error)
             self.set()
 
 
@@ -225,12 +225,12 @@ class LaminCheckpointIO(CheckpointIO):
         if not self.asynchronous:
             return None
         with self._lock:
-            writes = [w for w in self._writes.get(os.path.realpath(path), []) if not w.is_set()]
+            writes = [w for w in self._writes.get(os.path.abspath(path), []) if not w.is_set()]
         return writes[-1] if writes else None
 
     def _complete(self, path: str, error: BaseException | None) -> None:
         with self._lock:
-            writes = self._writes.get(os.path.realpath(path), [])
+            writes = self._writes.get(os.path.abspath(path), [])
             write = writes.pop(0) if writes else None
         if write is not None:
             write.complete(error)
@@ -239,7 +239,7 @@ class LaminCheckpointIO(CheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if self.asynchronous:
             with self._lock:
-                self._writes.setdefault(os.path.realpath(path), []).append(_Write())
+                self._writes.setdefault(os.path.abspath(path), []).append(_Write())
         self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
 
     @override

@@ -202,7 +202,7 @@ def test_load_from_checkpoint_in_a_tracked_run_records_an_input(tmp_path: Path) 
     fit(tmp_path, dirpath, max_epochs=1)
     best = ln.Artifact.filter(key__startswith=f"{dirpath}/").filter(is_best_model=True).one()
     ln_setup.settings.instance._is_on_hub = False  # a test-only way to run ln.track() offline
-    ln.track()  # under pytest lamindb tracks the test module as a script
+    ln.track(path=__file__)  # the test module, as a script (also after notebooks ran in this process)
     try:
         TinyModel.load_from_checkpoint(f"lamin://{best.uid}")
         assert best in ln.context.run.input_artifacts.all()
