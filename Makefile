@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 
-.PHONY: env demo test check-export notebooks outputs bench docs-check clean
+.PHONY: env demo test check-export notebooks outputs bench docs-check readme clean
 
 env: $(STAMP)
 
@@ -39,9 +39,15 @@ outputs: env
 bench: env
 	PYTHONWARNINGS=ignore $(BIN)/python bench/checkpoint_overhead.py
 
-# Everything up to Quarto's input (Quarto itself is not installable here).
+# Every page rendered to HTML without Quarto and checked (headings, signatures, text, stored outputs), plus
+# screenshots of three pages in _docs_check/ (installs Debian's chromium when missing).
 docs-check: env
-	$(BIN)/nbdev-proc-nbs
+	rm -rf _proc && $(BIN)/nbdev-proc-nbs 2>/dev/null
+	$(BIN)/python tools/docs_check.py
+
+# README.md is made from nbs/index.ipynb (nbdev-readme needs Quarto); tests/test_readme.py checks they match.
+readme: env
+	$(BIN)/python tools/readme.py
 
 clean:
-	rm -rf .demo _proc _docs
+	rm -rf .demo _proc _docs _docs_check

@@ -18,6 +18,7 @@ _EXPORTS = {
     "sync": "store",
     "Checkpoint": "checkpoint",
     "SaveConfigCallback": "config",
+    "checkpoints": "table",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from .store import sync
     from .observers import ArtifactObserver
     from .publishing import ArtifactPublishingModelCheckpoint
+    from .table import checkpoints
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ NBS = Path(__file__).resolve().parent.parent / "nbs"
 MASKS = [
     (re.compile(r"/tmp/[A-Za-z0-9_.-]+"), "<tmp>"),  # mkdtemp folders
     (re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{8}\b"), "<journal>"),  # journal file names
-    (re.compile(r"\b[0-9a-f]{16}(?=0000\b|\b)"), "<entry id>"),  # random entry ids, alone or in uids
+    (re.compile(r"\b(?=[0-9]*[a-f])[0-9a-f]{16}(?=0000\b|\b)"), "<entry id>"),  # random entry ids, alone or in uids
 ]
 
 
