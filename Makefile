@@ -3,19 +3,21 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+# Exact versions for `pip install` (constraints.txt; numpy and others pinned there need Python 3.11, so 3.10 has its own).
+CONSTRAINTS := $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c 'import sys; print("constraints-py310.txt" if sys.version_info < (3, 11) else "constraints.txt")')
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
 
 .PHONY: env demo test check-export notebooks outputs bench docs-check readme clean
 
 env: $(STAMP)
 
-# The stamp's name is a hash of pyproject.toml and constraints.txt, so only their content matters (nbdev-export
+# The stamp's name is a hash of pyproject.toml and the constraints, so only their content matters (nbdev-export
 # rewrites pyproject.toml unchanged, which a timestamp prerequisite would take for a change).
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0  # the CPU build; pin it before anything pulls in torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: env
