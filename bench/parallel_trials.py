@@ -1,0 +1,92 @@
+"""Parallel trials on one SQLite instance: several fits at once, each in its own process, publishing into one database.
+
+Each fit saves a checkpoint at every step (`save_top_k=5`, `save_last=True`, so evictions and re-saves of
+`last.ckpt`), with the network refused. Prints, for each number of concurrent fits: how many "database is locked"
+warnings the fits logged, how many publications were still pending when `fit` returned (a journal left in the
+folder), whether LaminDB then held exactly the files on disk with one `is_last_model` and one `is_best_model` per fit,
+and the median time per save (the cost of contention).
+
+    python bench/parallel_trials.py [--fits 3,8] [--saves 40]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lamin_lightning.testing import NetworkGuard, isolate_settings
+
+isolate_settings()
+guard = NetworkGuard().install()
+
+import lamindb as ln  # noqa: E402
+
+import lamin_lightning as ll  # noqa: E402
+from lamin_lightning.testing import init_local_instance  # noqa: E402
+
+FIT = """
+import sys, time
+from lamin_lightning.testing import NetworkGuard, TinyData, TinyModel, tiny_trainer
+guard = NetworkGuard().install()
+import lamin_lightning as ll
+
+dirpath, saves = sys.argv[1], int(sys.argv[2])
+seconds = []
+
+class Timed(ll.Checkpoint):
+    def _save_checkpoint(self, trainer, filepath):
+        start = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        seconds.append(time.perf_counter() - start)
+
+callback = Timed(dirpath=dirpath, monitor="train_loss", save_top_k=5, save_last=True, every_n_train_steps=1)
+tiny_trainer(dirpath, [callback], logger=False, max_epochs=1, max_steps=saves, limit_train_batches=saves,
+             limit_val_batches=0).fit(TinyModel(), TinyData(n=8 * saves))
+print("SAVES", " ".join(f"{s:.6f}" for s in seconds))
+print("ATTEMPTS", len(guard.attempts))
+"""
+
+
+def trial(root: Path, fits: int, saves: int) -> None:
+    folders = [root / f"{fits}-fits" / f"fit-{i}" for i in range(fits)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    children = [subprocess.Popen([sys.executable, "-c", FIT, str(folder), str(saves)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env) for folder in folders]
+    locked = pending = wrong = 0
+    seconds: list[float] = []
+    for child, folder in zip(children, folders, strict=True):
+        out, err = child.communicate(timeout=900)
+        assert child.returncode == 0, err[-2000:]
+        locked += err.count("database is locked")
+        seconds += [float(s) for s in out.split("SAVES", 1)[1].splitlines()[0].split()]
+        assert out.split("ATTEMPTS", 1)[1].split()[0] == "0", "a network connection was attempted"
+        journals = list((folder / ".lamin_lightning").glob("*.jsonl")) if (folder / ".lamin_lightning").exists() else []
+        pending += len(journals)
+        prefix = f"{folder}/checkpoints/"
+        artifacts = ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt")
+        on_disk = {p.name for p in folder.glob("*.ckpt")}
+        in_db = {a.key.removeprefix(prefix) for a in artifacts}
+        last = artifacts.filter(is_last_model=True).count() if in_db else 0
+        best = ln.Artifact.filter(is_best_model=True).filter(key__startswith=prefix).count() if in_db else 0
+        wrong += int(on_disk != in_db or last != 1 or best != 1)
+    print(f"{fits:>5}{saves:>7}{locked:>9}{pending:>18}{wrong:>16}{statistics.median(seconds) * 1000:>14.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fits", default="3,8", help="numbers of concurrent fits, comma-separated")
+    parser.add_argument("--saves", type=int, default=40)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ll-bench-parallel-"))
+    init_local_instance(root / "storage")
+    ll.save_lightning_features()
+    print(f"\n{'fits':>5}{'saves':>7}{'locked':>9}{'journals left':>18}{'fits wrong':>16}{'ms/save':>14}")
+    for fits in map(int, args.fits.split(",")):
+        trial(root, fits, args.saves)
+    print(f"network connections attempted: {len(guard.attempts)}")
+
+
+if __name__ == "__main__":
+    main()
