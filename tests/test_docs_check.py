@@ -1,0 +1,27 @@
+"""`make docs-check` catches what it promises to: a public name without heading, signature or text, and a display
+cell without its stored output (tools/docs_check.py, checked here on small pages)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "tools"))
+import docs_check  # noqa: E402
+
+PAGE = """<h3 id="good">good</h3><pre><code>def good(x:int)-&gt;int:</code></pre><p>Doubles <code>x</code> exactly.</p>
+<h3 id="bare">bare</h3><pre><code>def bare()</code></pre>
+<h3 id="nosig">nosig</h3><p>Explains something here.</p>"""
+
+
+def test_undocumented_names_are_reported() -> None:
+    problems = docs_check.undocumented("page", PAGE, ["good", "bare", "nosig", "missing"])
+    assert problems == ["page: bare has no text", "page: nosig has no signature", "page: missing has no heading"]
+
+
+def test_display_cells_are_told_from_the_rest() -> None:
+    assert docs_check.is_display("table.head()")
+    assert docs_check.is_display("x = 1\nx, x + 1")
+    assert docs_check.is_display("show_doc(checkpoints)")
+    assert not docs_check.is_display("test_eq(1, 1)")  # an assertion shows nothing
+    assert not docs_check.is_display("plt.close(fig)")
+    assert not docs_check.is_display("x = 1")
+    assert not docs_check.is_display("#| hide\ntable.head()")
+    assert not docs_check.is_display("#| export\ndef f(): ...")
