@@ -13,16 +13,15 @@ import argparse
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checkpoint_overhead import guard, ll, ln, ln_setup, timed  # noqa: E402  (isolated settings, network refused)
+from checkpoint_overhead import bench_instance, guard, ll, ln, ln_setup, timed  # noqa: E402  (isolated settings, network refused)
 from lamindb_setup.core.hashing import hash_file  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.plugins.io import AsyncCheckpointIO  # noqa: E402
 
-from lamin_lightning.testing import TinyData, TinyModel, init_local_instance, tiny_trainer  # noqa: E402
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer  # noqa: E402
 
 
 def fit(callback, root: Path, saves: int, width: int) -> None:
@@ -94,10 +93,7 @@ def main() -> None:
     parser.add_argument("--saves", default="40,20,10", help="saves for each width, comma-separated")
     parser.add_argument("--skip-lamindb", action="store_true")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ll-bench-async-"))
-    init_local_instance(root / "storage")
-    ln.settings.verbosity = "error"
-    ll.save_lightning_features()
+    root = bench_instance("ll-bench-async-")
     for width, saves in zip(map(int, args.widths.split(",")), map(int, args.saves.split(",")), strict=True):
         measure(root, saves, width, not args.skip_lamindb)
     print(f"network connections attempted: {len(guard.attempts)}")

@@ -9,6 +9,7 @@ also all the publishing work of a save; the async_publish row is what training w
     python bench/checkpoint_overhead.py [--saves 100] [--top-k -1] [--skip-lamindb]
 """
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +29,15 @@ import lamin_lightning as ll  # noqa: E402
 from lamin_lightning.testing import init_local_instance  # noqa: E402
 
 
+def bench_instance(prefix: str) -> Path:
+    "A throwaway folder holding a local SQLite instance with lamin_lightning's features; lamindb kept quiet."
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    init_local_instance(root / "storage")
+    ln.settings.verbosity = "error"
+    ll.save_lightning_features()
+    return root
+
+
 def timed(cls: type) -> type:
     "A subclass of `cls` that records how long each `_save_checkpoint` took, Lightning's write included."
 
@@ -45,8 +55,8 @@ def timed(cls: type) -> type:
     return Timed
 
 
-def fit(callback, root: Path, saves: int) -> float:
-    trainer = tiny_trainer(root, [callback], logger=False, max_epochs=1, max_steps=saves, limit_train_batches=saves,
+def fit(callback, root: Path, saves: int, logger=False) -> float:
+    trainer = tiny_trainer(root, [callback], logger=logger, max_epochs=1, max_steps=saves, limit_train_batches=saves,
                            limit_val_batches=0)
     start = time.perf_counter()
     trainer.fit(TinyModel(), TinyData(n=8 * saves))
@@ -60,10 +70,7 @@ def main() -> None:
     parser.add_argument("--skip-lamindb", action="store_true", help="omit lamindb's integration (slow at large N)")
     args = parser.parse_args()
     n = args.saves
-    root = Path(tempfile.mkdtemp(prefix="ll-bench-"))
-    init_local_instance(root / "storage")
-    ln.settings.verbosity = "error"
-    ll.save_lightning_features()
+    root = bench_instance("ll-bench-")
 
     common = dict(save_top_k=args.top_k, every_n_train_steps=1, monitor="train_loss")
     kept = n if args.top_k < 0 else args.top_k
@@ -78,6 +85,16 @@ def main() -> None:
     for name in ("ours", "async"):  # everything published by the time fit returned
         stored = ln.Artifact.filter(key__startswith=f"{root / name}/checkpoints/", suffix=".ckpt").count()
         assert stored == kept, f"{name}: expected {kept} stored checkpoints, found {stored}"
+    try:  # MLflow, an optional peer: files only, no queryable features
+        from lightning.pytorch.loggers import MLFlowLogger
+    except ImportError:
+        MLFlowLogger = None
+    if MLFlowLogger is not None:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        peer = timed(ModelCheckpoint)(dirpath=root / "mlflow", **common)
+        logger = MLFlowLogger(tracking_uri=(root / "mlruns").as_uri(), log_model="all")
+        results["MLflow log_model='all'"] = (peer.save_seconds, fit(peer, root, n, logger=logger))
     if not args.skip_lamindb:
         from lamindb.integrations import lightning as lamindb_lightning  # after init: it needs Django's models
 
@@ -88,12 +105,15 @@ def main() -> None:
     base_saves, base_fit = results["plain ModelCheckpoint"]
     first_base, last_base = statistics.median(base_saves[:10]), statistics.median(base_saves[-10:])
     print(f"\n{n} saves, tiny model, save_top_k={args.top_k}, a save every step (medians; ms added per save over plain)")
-    print(f"{'callback':<30}{'saves 1-10':>12}{f'saves {n - 9}-{n}':>14}{'last/first':>12}{'fit s':>8}{'fit ratio':>11}")
+    print(f"{'callback':<32}{'1st save':>9}{'saves 1-10':>12}{'11-20':>8}{f'{n - 9}-{n}':>9}{'median':>8}"
+          f"{'last/11-20':>12}{'fit s':>8}{'fit ratio':>11}")
     for name, (seconds, fit_s) in results.items():
-        first = (statistics.median(seconds[:10]) - first_base) * 1000
-        last = (statistics.median(seconds[-10:]) - last_base) * 1000
-        growth = f"{last / first:.2f}" if name != "plain ModelCheckpoint" and first > 0 else "-"
-        print(f"{name:<30}{first:>12.1f}{last:>14.1f}{growth:>12}{fit_s:>8.2f}{fit_s / base_fit:>10.1f}x")
+        added = lambda i, j: (statistics.median(seconds[i:j]) - statistics.median(base_saves[i:j])) * 1000  # noqa: E731
+        first, warm, last = added(0, 10), added(10, 20), added(n - 10, n)
+        median = (statistics.median(seconds) - statistics.median(base_saves)) * 1000
+        growth = f"{last / warm:.2f}" if name != "plain ModelCheckpoint" and warm > 0 else "-"
+        print(f"{name:<32}{added(0, 1):>9.1f}{first:>12.1f}{warm:>8.1f}{last:>9.1f}{median:>8.1f}{growth:>12}"
+              f"{fit_s:>8.2f}{fit_s / base_fit:>10.1f}x")
     print(f"plain save itself: {first_base * 1000:.1f} ms (first ten), {last_base * 1000:.1f} ms (last ten)")
     print(f"network connections attempted: {len(guard.attempts)}")
     sys.exit(1 if guard.attempts else 0)
