@@ -500,23 +500,25 @@ def save_checkpoint_artifact(
 
 
 @patch
+def _save_file(self: Checkpoint, trainer: pl.Trainer, path: Path | str, kind: ArtifactKind, description: str,
+               **kwargs: Any) -> ln.Artifact | None:
+    fit = self._start_fit(trainer)
+    key = self.resolve_artifact_key(trainer=trainer, filepath=path, kind=kind)
+    return fit.publisher.submit(self._entry("save", kind, key, str(path), description=description, **kwargs))
+
+
+@patch
 @override
 def save_hparams_artifact(self: Checkpoint, trainer: pl.Trainer, hparams_path: Path | str) -> ln.Artifact | None:
     "Store Lightning's `hparams.yaml` under `{base}/checkpoints/`."
-    fit = self._start_fit(trainer)
-    key = self.resolve_artifact_key(trainer=trainer, filepath=hparams_path, kind="hparams")
-    return fit.publisher.submit(self._entry("save", "hparams", key, str(hparams_path),
-                                            description="Lightning run hyperparameters"))
+    return self._save_file(trainer, hparams_path, "hparams", "Lightning run hyperparameters")
 
 
 @patch
 @override
 def save_config_artifact(self: Checkpoint, trainer: pl.Trainer, config_path: Path | str) -> ln.Artifact | None:
     "Store LightningCLI's `config.yaml` under `{base}/`, as an input of the run."
-    fit = self._start_fit(trainer)
-    key = self.resolve_artifact_key(trainer=trainer, filepath=config_path, kind="config")
-    return fit.publisher.submit(self._entry("save", "config", key, str(config_path),
-                                            description="Lightning CLI config", as_run_input=True))
+    return self._save_file(trainer, config_path, "config", "Lightning CLI config", as_run_input=True)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b3y2
 @patch

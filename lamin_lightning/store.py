@@ -279,8 +279,6 @@ def submit(self: Publisher, entry: Entry, written: Any | None = None) -> ln.Arti
     self._raise_crash()
     with self._lock:
         self._relative(entry)
-        references = [e for e in (entry.replaces, *entry.siblings) if e is not None]
-        entry.known = {e: self.store.ids[e] for e in references if e in self.store.ids}  # their journal may be gone
         self._unrecorded.append(entry)
         if written is not None:
             self.writes[entry.id] = written
@@ -302,6 +300,8 @@ def _written(self: Publisher, entry: Entry, error: BaseException | None = None) 
             self.journal = Journal.create(self.home, ln_setup.settings.instance.slug)
         while self._unrecorded and self._unrecorded[0].id not in self._unwritten:
             recorded = self._unrecorded.pop(0)
+            references = [e for e in (recorded.replaces, *recorded.siblings) if e is not None]
+            recorded.known = {e: self.store.ids[e] for e in references if e in self.store.ids}  # their journal may go
             self.journal.add(recorded)
             self.pending.append(recorded)
     if error is None:
