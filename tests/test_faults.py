@@ -208,6 +208,25 @@ def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
     assert journal_files(dirpath) == []
 
 
+def test_sync_after_the_folder_moved(tmp_path: Path) -> None:
+    "4b. The killed fit's folder moved (or mounted elsewhere) before `sync`: its journal's relative paths still replay."
+    use_test_instance()
+    result = run_script(KILL_BEFORE_COMMIT, cwd=tmp_path)
+    assert result.returncode == -9, result.stderr[-3000:]
+    old = tmp_path / "ckpts"
+    files = ckpt_files(old)
+    moved = tmp_path / "mounted-elsewhere" / "ckpts"
+    moved.parent.mkdir()
+    shutil.move(old, moved)
+    done = sync(moved)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    db = stored(f"{old}/checkpoints")  # keys keep the path the fit saw
+    assert set(db) == files and all(len(a) == 1 for a in db.values())
+    assert all(a[0]["_bytes"] == (moved / name).read_bytes() for name, a in db.items())
+    assert sum(a[0]["is_last_model"] for a in db.values()) == 1
+    assert journal_files(moved) == []
+
+
 KILL_BETWEEN_NEW_AND_OLD = kill_script("""
 retire = Store._retire
 def retire_or_die(self, entry_id, keep_file):
