@@ -496,6 +496,8 @@ def save_checkpoint_artifact(
     if filepath != self.best_link_path:  # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         entry.siblings = fit.sibling_changes(entry.id, ranks, self.best_model_path)
     written = self._io.pending_write(filepath) if self._io is not None else None
+    if written is None and self._io is not None:
+        entry.stats = self._io.take_stats(filepath)
     return fit.publisher.submit(entry, written=written)
 
 

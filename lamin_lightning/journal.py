@@ -58,6 +58,7 @@ class Entry:
     description: str = ""
     as_run_input: bool = False  # link the artifact as an input of `run` (config.yaml), not an output
     known: dict[str, int] = field(default_factory=dict)  # {entry id: artifact id} of `replaces` and siblings, if made
+    stats: dict[str, Any] | None = None  # size and lamindb's hash of the bytes, when taken as they were written
     id: str = field(default_factory=new_entry_id)
 
     @property

@@ -180,6 +180,8 @@ def _create(self: Store, entry: Entry) -> tuple[ln.Artifact, bool]:
     options = dict(key=entry.key, description=entry.description, kind=_LAMINDB_KIND[entry.kind], skip_hash_lookup=True)
     run = self._run(entry.run)
     options["run"] = False if entry.as_run_input or run is None else run
+    if entry.stats is not None:  # hashed as it was written: lamindb need not read the bytes again
+        options["_stats"] = entry.stats
     managed = False
     if (target := self.target(entry)) is not None:
         managed = entry.stored != entry.key
@@ -298,6 +300,8 @@ def _written(self: Publisher, entry: Entry, error: BaseException | None = None) 
         self._unwritten.discard(entry.id)
         if self.journal is None:
             self.journal = Journal.create(self.home, ln_setup.settings.instance.slug)
+        if (write := self.writes.get(entry.id)) is not None and entry.stats is None:
+            entry.stats = getattr(write, "stats", None)  # hashed by the writing thread, as it wrote
         while self._unrecorded and self._unrecorded[0].id not in self._unwritten:
             recorded = self._unrecorded.pop(0)
             references = [e for e in (recorded.replaces, *recorded.siblings) if e is not None]

@@ -35,3 +35,20 @@ def test_end_run_sets_lamindb_status_codes() -> None:
     end_run(failed, failed=True)
     assert ln.Run.get(uid=done.uid).status == "completed" and ln.Run.get(uid=failed.uid).status == "errored"
     assert ln.Run.get(uid=done.uid).finished_at is not None
+
+
+def test_artifact_takes_precomputed_stats_without_reading_the_file(monkeypatch) -> None:
+    "`Artifact(_stats=...)`: the hash taken as a checkpoint was written is the artifact's, and lamindb reads nothing."
+    root = use_test_instance()
+    import lamindb.models.artifact as artifact_module
+
+    from lamin_lightning.journal import new_entry_id
+    from lamin_lightning.references import hash_bytes
+    from lamin_lightning.store import register_managed
+
+    path = root / ".lamindb" / f"{new_entry_id()}0000.ckpt"
+    path.write_bytes(b"weights")
+    monkeypatch.setattr(artifact_module, "hash_file", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    stats = hash_bytes(b"weights")
+    artifact = register_managed(path, key="private/stats.ckpt", skip_hash_lookup=True, _stats=stats).save()
+    assert (artifact.size, artifact.hash, artifact._hash_type) == (stats["size"], stats["hash"], stats["hash_type"])
