@@ -6,9 +6,13 @@ warnings the fits logged, how many publications were still pending when `fit` re
 folder), whether LaminDB then held exactly the files on disk with one `is_last_model` and one `is_best_model` per fit,
 and the median time per save (the cost of contention).
 
-    python bench/parallel_trials.py [--fits 3,8] [--saves 40]
+    python bench/parallel_trials.py [--fits 1,3,8] [--saves 40] [--postgres]
+
+With `--postgres` the instance's database is a throwaway PostgreSQL server on loopback (tests/pg.py: Debian's
+binaries, installed with apt-get when missing) instead of SQLite.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -76,15 +80,29 @@ def trial(root: Path, fits: int, saves: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fits", default="3,8", help="numbers of concurrent fits, comma-separated")
+    parser.add_argument("--fits", default="1,3,8", help="numbers of concurrent fits, comma-separated (1: the baseline)")
     parser.add_argument("--saves", type=int, default=40)
+    parser.add_argument("--postgres", action="store_true", help="a PostgreSQL database instead of SQLite")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ll-bench-parallel-"))
-    init_local_instance(root / "storage")
-    ll.save_lightning_features()
-    print(f"\n{'fits':>5}{'saves':>7}{'locked':>9}{'journals left':>18}{'fits wrong':>16}{'ms/save':>14}")
-    for fits in map(int, args.fits.split(",")):
-        trial(root, fits, args.saves)
+    with contextlib.ExitStack() as stack:
+        if args.postgres:
+            sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+            from pg import postgres_server
+
+            import lamindb_setup as ln_setup
+
+            url = stack.enter_context(postgres_server())
+            os.chdir(root)  # lamindb_setup marks the working directory with .lamin/
+            ln_setup.init(storage=str(root / "storage"), db=url)
+            os.environ["LAMIN_CURRENT_INSTANCE"] = ln_setup.settings.instance.slug
+        else:
+            init_local_instance(root / "storage")
+        ll.save_lightning_features()
+        database = "PostgreSQL" if args.postgres else "SQLite"
+        print(f"\n{database}\n{'fits':>5}{'saves':>7}{'locked':>9}{'journals left':>18}{'fits wrong':>16}{'ms/save':>14}")
+        for fits in map(int, args.fits.split(",")):
+            trial(root, fits, args.saves)
     print(f"network connections attempted: {len(guard.attempts)}")
 
 
