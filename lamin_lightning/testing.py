@@ -29,13 +29,14 @@ TEST_MARKER = "LAMIN_LIGHTNING_TEST"
 
 
 def isolate_settings(root: str | Path | None = None) -> Path:
-    "Point LaminDB's settings at a fresh temporary folder (or `root`), unless this process already did."
+    "Point LaminDB's settings, and its cache of downloads, at a fresh temporary folder (or `root`), unless done."
     current = os.environ.get("LAMIN_SETTINGS_DIR")
     if current and os.environ.get(TEST_MARKER) == current:
         return Path(current)
     folder = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="lamin-settings-"))
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["LAMIN_SETTINGS_DIR"] = os.environ[TEST_MARKER] = str(folder)
+    os.environ["LAMIN_CACHE_DIR"] = str(folder / "cache")  # not ~/.cache/lamindb
     return folder
 
 # %% ../nbs/09_testing.ipynb #7f8f29e5
