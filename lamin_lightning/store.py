@@ -190,7 +190,7 @@ def _create(self: Store, entry: Entry) -> tuple[ln.Artifact, bool]:
         path = target
     artifact = register_managed(path, **options) if managed else ln.Artifact(path, **options)
     is_new = artifact._state.adding
-    artifact.save()
+    artifact.save(print_progress=self.verbose)  # no upload progress lines in a training console
     if entry.as_run_input and run is not None:
         run.input_artifacts.add(artifact)
     return artifact, is_new

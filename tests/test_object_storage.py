@@ -102,6 +102,7 @@ def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
     (line,) = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     result = json.loads(line[len(RESULT):])
     assert result["network_attempts"] == 0
+    assert "uploading" not in done.stdout  # a quiet console: no progress lines of lamindb's uploads
     assert sorted(result["stored"]) == result["on_disk"]  # the kept checkpoints, each an artifact in S3
     log = log_path.read_text()
     puts = requests(log, "PUT")
