@@ -185,12 +185,17 @@ ValueWriter.add = add_then_die
 """, save_top_k=-1)
 
 
-def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
-    "4. SIGKILL between Lightning's file write and the commit: the journal has it; `sync` publishes it exactly once."
+def killed_before_commit(tmp_path: Path) -> Path:
+    "Run the fit that is killed inside its third commit; returns its checkpoint folder."
     use_test_instance()
     result = run_script(KILL_BEFORE_COMMIT, cwd=tmp_path)
     assert result.returncode == -9, result.stderr[-3000:]
-    dirpath = tmp_path / "ckpts"
+    return tmp_path / "ckpts"
+
+
+def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
+    "4. SIGKILL between Lightning's file write and the commit: the journal has it; `sync` publishes it exactly once."
+    dirpath = killed_before_commit(tmp_path)
     prefix = f"{dirpath}/checkpoints"
     files = ckpt_files(dirpath)
     assert len(files) == 3  # the killed save's file is on disk
@@ -210,10 +215,7 @@ def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
 
 def test_sync_after_the_folder_moved(tmp_path: Path) -> None:
     "4b. The killed fit's folder moved (or mounted elsewhere) before `sync`: its journal's relative paths still replay."
-    use_test_instance()
-    result = run_script(KILL_BEFORE_COMMIT, cwd=tmp_path)
-    assert result.returncode == -9, result.stderr[-3000:]
-    old = tmp_path / "ckpts"
+    old = killed_before_commit(tmp_path)
     files = ckpt_files(old)
     moved = tmp_path / "mounted-elsewhere" / "ckpts"
     moved.parent.mkdir()
