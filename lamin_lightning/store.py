@@ -132,11 +132,30 @@ def _existing(artifact_ids: Iterable[int]) -> set[int]:
 
 
 @patch
-def persist(self: Store, entry: Entry) -> ln.Artifact | None:
-    "Make LaminDB reflect `entry`; safe to call again. Returns the saved (or, for a removal, the deleted) artifact."
-    if known := {e: a for e, a in entry.known.items() if e not in self.ids}:  # only a replay meets these
+def _learn(self: Store, entry: Entry) -> None:
+    "Take the artifact ids an entry knows of its references (only a replay meets ones this store does not know)."
+    if known := {e: a for e, a in entry.known.items() if e not in self.ids}:
         existing = _existing(known.values())
         self.ids |= {e: a for e, a in known.items() if a in existing}
+
+
+@patch
+def skip(self: Store, entry: Entry) -> None:
+    """Apply only the sibling changes of a save whose eviction is already pending: its bytes are never registered,
+    nor uploaded to cloud storage."""
+    self._learn(entry)
+    with quiet_lamindb(self.verbose), write_transaction():
+        self._write_siblings(entry.siblings)
+    placed = [self.staged(entry)] + ([self.target(entry)] if entry.stored != entry.key else [])
+    for path in placed:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+
+@patch
+def persist(self: Store, entry: Entry) -> ln.Artifact | None:
+    "Make LaminDB reflect `entry`; safe to call again. Returns the saved (or, for a removal, the deleted) artifact."
+    self._learn(entry)
     if entry.op == "remove":
         return self._retire(entry.replaces, keep_file=False)
     with quiet_lamindb(self.verbose), write_transaction():
@@ -371,6 +390,10 @@ def drain(self: Publisher) -> dict[str, ln.Artifact | None]:
                 if (failed := getattr(write, "error", None)) is not None:
                     raise OSError(f"writing {self.store.source(entry)} failed: {failed!r}")
                 self.writes.pop(entry.id)
+            if self._evicted_early(entry):
+                self.store.skip(entry)  # evicted before it was published: nothing to register or upload
+                self._finish(entry, None)
+                continue
             artifact = self.store.persist(entry)
         except Exception as error:
             if entry.op == "save" and self.store.bytes_gone(entry):
@@ -388,6 +411,15 @@ def drain(self: Publisher) -> dict[str, ln.Artifact | None]:
             self.journal.close(delete=True)
             self.journal = None
     return made
+
+
+@patch
+def _evicted_early(self: Publisher, entry: Entry) -> bool:
+    """A save whose eviction is already pending, and that retires nothing itself: skipping it loses nothing. (A save
+    that replaces an earlier artifact, a re-saved `last.ckpt`, is published: its artifact exists before the old one
+    goes.)"""
+    return entry.op == "save" and entry.replaces is None and \
+        any(e.op == "remove" and e.replaces == entry.id for e in self.pending[1:])
 
 
 @patch

@@ -18,6 +18,7 @@ RESULT = "LAMIN_LIGHTNING_S3_RESULT "
 
 
 def child_main() -> None:
+    import re
     import shutil
     import tempfile
 
@@ -51,7 +52,32 @@ def child_main() -> None:
     resumed = tiny_trainer(root, [ll.Checkpoint(dirpath=root / "resumed", monitor="val_loss")], logger=False,
                            max_epochs=4)
     resumed.fit(TinyModel(), TinyData(), ckpt_path=f"lamin://{dirpath}@last")
+    # publishing lags behind training (the first upload is held back: a fault injected), so checkpoints are evicted
+    # before their turn comes: those are never uploaded
+    from lamin_lightning.store import Store
+
+    persist, held = Store.persist, []
+
+    def slow_first(self, entry):
+        if not held:
+            held.append(entry)
+            time.sleep(4)  # longer than the whole fit: every later save queues behind it
+        return persist(self, entry)
+
+    Store.persist = slow_first
+    log = Path(os.environ["MOTO_LOG"])
+    puts_before = len(re.findall(r'"PUT /ckpts/\S+\.ckpt HTTP', log.read_text()))
+    lag = root / "lag"
+    lagging = ll.Checkpoint(dirpath=lag, monitor="train_loss", save_top_k=1, every_n_train_steps=1, async_publish=True)
+    tiny_trainer(root, [lagging], logger=False, max_epochs=1, max_steps=8, limit_train_batches=8,
+                 limit_val_batches=0).fit(TinyModel(), TinyData())
+    Store.persist = persist
+    lag_puts = len(re.findall(r'"PUT /ckpts/\S+\.ckpt HTTP', log.read_text())) - puts_before
+    lagged = ln.Artifact.filter(key__startswith=f"{lag}/checkpoints/", suffix=".ckpt")
     print(RESULT + json.dumps(dict(
+        lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
+        lag_stored=sorted(a.key.rsplit("/", 1)[1] for a in lagged),
+        lag_flags=[lagged.filter(is_best_model=True).count(), lagged.filter(is_last_model=True).count()],
         stored=stored, on_disk=sorted(p.name for p in dirpath.glob("*.ckpt")), best=str(best.path),
         last=stored["last.ckpt"][0],
         same_weights=bool((first.layer.weight == second.layer.weight).all()),
@@ -74,7 +100,8 @@ def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
     log_path = tmp_path / "moto.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")}
     env |= {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONWARNINGS": "ignore"}
+            "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONWARNINGS": "ignore",
+            "MOTO_LOG": str(tmp_path / "moto.log")}
     with log_path.open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=log, stderr=log, env=env)
@@ -113,6 +140,12 @@ def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
     assert requests(log, "GET")[best] == 1  # two loads: one download into LaminDB's cache, then the cached file
     assert requests(log, "GET")[result["last"].removeprefix("s3://ckpts/")] == 1  # the resume: downloaded once
     assert result["same_weights"] and result["resumed_epoch"] == 4
+    # 8 saves while the first upload was held back: the evicted ones were never uploaded (the held one went up, as
+    # did the one kept), and nothing was called lost
+    assert result["lag_stored"] == result["lag_on_disk"] and len(result["lag_on_disk"]) == 1
+    assert result["lag_flags"] == [1, 1]
+    assert result["lag_puts"] <= 2, result["lag_puts"]
+    assert "cannot be published" not in done.stderr and "lost" not in done.stderr
 
 
 if __name__ == "__main__":
