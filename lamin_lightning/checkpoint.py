@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import lamindb as ln
+from lamindb.base.uids import base62_20
 import lightning.pytorch as pl
 from fastcore.basics import patch
 from lamindb_setup.core.hashing import hash_file
@@ -26,12 +27,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from .events import ArtifactKind
-from .features import FitFeatures, parse_feature_spec, require_instance
-from .journal import STAGING, Entry, JournalRefused, stored_path
+from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
+from .journal import STAGING, Entry, JournalRefused, is_remote, local_home, prune_local_home, stored_path
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .references import LaminCheckpointIO, is_reference
-from .store import Publisher, Store, journals, quiet_lamindb, replay, storage_root
+from .references import LaminCheckpointIO, fetch_copy, is_reference
+from .store import Publisher, Store, journals, quiet_lamindb, replay, script_transform, storage_root
 
 # %% ../nbs/07_checkpoint.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -75,6 +76,7 @@ class _FitState:
     last: str | None = None
     ranks: dict[str, int] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # features whose wrong value type was reported in this fit
+    pending_run: tuple[str, str] | None = None  # (uid, entry point) of the run `sync` makes: no database here
 
     def forget(self, entry_id: str) -> None:
         self.ranks.pop(entry_id, None)
@@ -163,8 +165,10 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
         Objects with `on_artifact_saved(event)` / `on_artifact_removed(event)`, called after each event.
     async_publish
         Publish on a background thread: training waits only for Lightning's file write and a journal line. Everything
-        is published by the time `fit` returns; events then come from the worker thread. Under `AsyncCheckpointIO`
-        publishing is always in the background, once each write is complete.
+        is published by the time `fit` returns; events then come from the worker thread. By default (`None`), in the
+        background when the instance's storage is in the cloud, so that training never waits for an upload, and
+        inline otherwise. Under `AsyncCheckpointIO` publishing is always in the background, once each write is
+        complete.
     save_best
         Keep `best.ckpt` in `dirpath`, pointing at the current best checkpoint (a link where the filesystem allows),
         and publish it like `last.ckpt`.
@@ -196,7 +200,7 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
         run_uid_is_version: bool = True,  # with ln.track(), the run uid goes into the key prefix
         key_is_virtual: bool = True,  # False stores each file at its key's path in the storage
         artifact_observers: list[ArtifactObserver] | None = None,  # told of every saved and removed artifact
-        async_publish: bool = False,  # publish on a background thread
+        async_publish: bool | None = None,  # publish on a background thread; None: when uploads go to cloud storage
         strict: bool = False,  # stop training when LaminDB cannot store a checkpoint
         save_best: bool | None = None,  # keep best.ckpt pointing at the current best checkpoint
     ) -> None:
@@ -279,11 +283,8 @@ def entry_point() -> str:
 
 def start_run() -> ln.Run:
     "A started run of the entry point's transform, made in the database alone: no hub, no `ln.track()`."
-    key = entry_point()
     with quiet_lamindb():
-        transform = ln.Transform.filter(key=key, kind="script").order_by("-created_at").first() \
-            or ln.Transform(key=key, kind="script").save()
-        return ln.Run(transform, status="started").save()
+        return ln.Run(script_transform(entry_point()), status="started").save()
 
 
 def end_run(run: ln.Run, failed: bool = False) -> None:
@@ -296,7 +297,8 @@ def end_run(run: ln.Run, failed: bool = False) -> None:
 @patch
 @override
 def setup(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-    if self._original_dirpath is not None and Path(self._original_dirpath).is_file():
+    if self._original_dirpath is not None and not is_remote(self._original_dirpath) \
+            and Path(self._original_dirpath).is_file():
         raise NotADirectoryError(f"dirpath {str(self._original_dirpath)!r} is a file; pass a directory for checkpoints.")
     super(Checkpoint, self).setup(trainer, pl_module, stage)
     self._trainer = trainer
@@ -319,6 +321,8 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
     require_instance()
     self._trainer = trainer
     key_prefix(self._original_dirpath, trainer, self._run_uid())  # raises on '..' before any work
+    if not database_reachable():
+        return self._start_deferred_fit(trainer)
     sources = [s for s in (trainer.lightning_module, trainer.datamodule) if getattr(s, "hparams", None)]
     hparams = {k: v for s in sources for k, v in s.hparams.items()}
     features = FitFeatures.load(user_names=[*self._run_values, *self._artifact_values], hparam_names=hparams)
@@ -332,7 +336,8 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
     self._save_run_features(trainer, features, hparams, run)
     folder = self._checkpoint_dir(trainer)
     self._replay_leftovers(trainer, folder)
-    background = self.async_publish or (self._io is not None and self._io.asynchronous)
+    uploads = self.async_publish is None and storage_root() is None  # cloud storage: training never waits for uploads
+    background = bool(self.async_publish) or uploads or (self._io is not None and self._io.asynchronous)
     publisher = Publisher(folder, background=background, strict=self.strict, on_done=self._published,
                           store=Store(folder, verbose=self.verbose))
     self._fit = _FitState(features=features, publisher=publisher, trainer=trainer, run=run, own_run=run is not None
@@ -341,10 +346,25 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
 
 
 @patch
+def _start_deferred_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
+    "A fit on a node that cannot reach the database: everything is journaled, features by name, the run made at sync."
+    self._close_fit()
+    folder = self._checkpoint_dir(trainer)
+    rank_zero_warn(f"LaminDB's database cannot be reached from this node: training goes on, and every checkpoint is "
+                   f"journaled in {folder / STAGING} with its features by name. The checks that need the database "
+                   "(your features exist, their value types, the run) are deferred: run `lamin-lightning sync "
+                   f"{folder}` where the database is reachable.")
+    publisher = Publisher(folder, deferred=True, store=Store(folder, verbose=self.verbose))
+    self._fit = _FitState(features=FitFeatures.by_name(self._artifact_values), publisher=publisher, trainer=trainer,
+                          pending_run=(base62_20(), entry_point()))
+    return self._fit
+
+
+@patch
 def _checkpoint_dir(self: Checkpoint, trainer: pl.Trainer) -> Path:
     "Lightning's checkpoint folder, found without the collective call its own `setup` makes; the journal's home."
     if self.dirpath is not None:
-        return Path(self.dirpath).absolute()
+        return local_home(self.dirpath) if is_remote(self.dirpath) else Path(self.dirpath).absolute()
     return ((logger_dir(trainer) or Path(trainer.default_root_dir)) / "checkpoints").absolute()
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b306
@@ -464,8 +484,11 @@ def _as_features(self: Checkpoint, values: dict[Any, Any]) -> dict[ln.Feature, A
 def _entry(self: Checkpoint, op: Literal["save", "remove"], kind: ArtifactKind, key: str, filepath: str,
            **kwargs: Any) -> Entry:
     run = self._fit.run if self._fit is not None else None
-    path = os.path.abspath(filepath)  # Lightning's path, which may be relative to the working directory
-    entry = Entry(op, key, kind=kind, path=path, run=run.uid if run is not None else None, **kwargs)
+    uid, transform = (run.uid, None) if run is not None else \
+        self._fit.pending_run if self._fit is not None and self._fit.pending_run else (None, None)
+    remote = str(filepath) if is_remote(filepath) else None  # its local copy becomes `path` once written
+    path = "" if remote else os.path.abspath(filepath)  # Lightning's path may be relative to the working directory
+    entry = Entry(op, key, kind=kind, path=path, remote=remote, run=uid, transform=transform, **kwargs)
     if op == "save":
         entry.stored = stored_path(entry, filepath, cloud=storage_root() is None, key_is_virtual=self.key_is_virtual)
     return entry
@@ -497,7 +520,9 @@ def save_checkpoint_artifact(
         entry.siblings = fit.sibling_changes(entry.id, ranks, self.best_model_path)
     written = self._io.pending_write(filepath) if self._io is not None else None
     if written is None and self._io is not None:
-        entry.stats = self._io.take_stats(filepath)
+        entry.stats, copy = self._io.take_written(filepath)
+        if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO) is downloaded once
+            entry.path = str(copy or fetch_copy(entry.remote))
     return fit.publisher.submit(entry, written=written)
 
 
@@ -551,7 +576,7 @@ def remove_checkpoint_artifact(self: Checkpoint, trainer: pl.Trainer, filepath: 
 def _published(self: Checkpoint, entry: Entry, artifact: ln.Artifact | None) -> None:
     "Emit the event of a persisted entry (from the worker thread with `async_publish`)."
     trainer = self._trainer
-    local = self._fit.publisher.store.source(entry) if self._fit is not None else Path(entry.path)
+    local = entry.remote or (self._fit.publisher.store.source(entry) if self._fit is not None else Path(entry.path))
     if entry.op == "remove":
         root = storage_root()
         uri = str(root / entry.stored) if entry.stored and root is not None else None
@@ -576,7 +601,8 @@ def on_fit_start(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningM
         self._record_resumed_from()
     if self._restored and trainer.is_global_zero:
         self._restored = False
-        self._publish_restored(trainer)
+        if self._fit is None or self._fit.pending_run is None:  # published files are found in the database
+            self._publish_restored(trainer)
 
 
 @patch
@@ -630,6 +656,16 @@ def _keep_bytes(self: Checkpoint, path: str) -> None:
     if self._fit is not None:
         self._fit.publisher.keep(path)
 
+
+@patch
+@override
+def _link_best(self: Checkpoint, trainer: pl.Trainer) -> None:
+    "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
+    if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
+        while (write := self._io.pending_write(self.best_model_path)) is not None:
+            write.wait()
+    super(Checkpoint, self)._link_best(trainer)
+
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316
 @patch
 @override
@@ -667,3 +703,5 @@ def _close_fit(self: Checkpoint, failed: bool = False) -> None:
     finally:
         if fit.own_run and fit.run is not None:
             end_run(fit.run, failed=failed)
+        if self.dirpath is not None and is_remote(self.dirpath):
+            prune_local_home(self.dirpath)  # nothing stays in the cache once all is published

@@ -6,10 +6,12 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/features.html.md"""
 
 # %% auto #0
 __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', 'NO_INSTANCE_MESSAGE', 'save_lightning_features',
-           'parse_feature_spec', 'coerce_value', 'FitFeatures', 'ValueWriter', 'require_instance']
+           'parse_feature_spec', 'coerce_value', 'FitFeatures', 'NamedFeature', 'features_by_name', 'ValueWriter',
+           'require_instance', 'database_reachable']
 
 # %% ../nbs/03_features.ipynb #ec56ea34
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 import lamindb as ln
@@ -132,9 +134,38 @@ class FitFeatures:
                     found[feature.name] = feature
         return found
 
+    @classmethod
+    def by_name(cls, user_names: Iterable[str] = ()) -> "FitFeatures":
+        "Stand-ins for a node without the database: ours with their dtypes, the user's unchecked; no hyperparameters."
+        auto = {n: NamedFeature(f"{FEATURE_TYPE}/{n}", n, t.__name__) for n, t in ARTIFACT_FEATURES.items()}
+        return cls(auto, {n: NamedFeature(n, n) for n in user_names}, {})
+
     def values(self, records: Mapping[str, ln.Feature], values: Mapping[str, Any]) -> dict[ln.Feature, Any]:
         "Checked `{feature: value}` for the names in `records`; `None` values are skipped."
         return {records[n]: coerce_value(records[n], v) for n, v in values.items() if n in records and v is not None}
+
+# %% ../nbs/03_features.ipynb #nm0f0002
+@dataclass(frozen=True)
+class NamedFeature:
+    "A feature known by name only while the database is out of reach; `id` is what the journal keeps."
+
+    id: str  # `lamindb.lightning/<name>` for ours, a user feature's name
+    name: str
+    dtype_as_str: str | None = None  # None: checked at sync
+
+
+def features_by_name(keys: Iterable[str]) -> dict[str, ln.Feature]:
+    "The records of journal keys written by name; `ValueError` naming a user feature that does not exist."
+    keys = set(keys)
+    prefix = f"{FEATURE_TYPE}/"
+    ours = {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+    feature_type = _feature_type()
+    found = {f"{prefix}{f.name}": f for f in ln.Feature.filter(type=feature_type, name__in=ours)} \
+        if ours and feature_type is not None else {}
+    found |= FitFeatures._by_name({k for k in keys if not k.startswith(prefix)}, feature_type)
+    if missing := sorted(k for k in keys - set(found) if not k.startswith(prefix)):
+        raise ValueError(_missing_message(missing))
+    return found  # ours that are missing are skipped, as in a fit before `save_lightning_features()`
 
 # %% ../nbs/03_features.ipynb #f4492ba1
 class ValueWriter:
@@ -199,3 +230,16 @@ def require_instance() -> None:
     "Raise `RuntimeError` with the fix if no LaminDB instance is connected."
     if not ln_setup.settings.is_configured:
         raise RuntimeError(NO_INSTANCE_MESSAGE)
+
+
+def database_reachable() -> bool:
+    """Whether the instance's database accepts a connection; `False` on a compute node that cannot reach it (for
+    PostgreSQL, `PGCONNECT_TIMEOUT` bounds the wait behind a firewall that drops packets)."""
+    from django.db import connection
+    from django.db.utils import OperationalError
+
+    try:
+        connection.ensure_connection()
+    except OperationalError:
+        return False
+    return True

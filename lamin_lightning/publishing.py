@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from fastcore.basics import patch
+from fsspec.utils import get_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 from typing_extensions import override
@@ -276,7 +277,12 @@ def _link_best(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer) -> 
     link = self.best_link_path
     if link is None or not self.best_model_path or self.best_model_path == self._best_linked:
         return
-    self._link_checkpoint(trainer, self.best_model_path, link)
+    if get_protocol(link) in ("file", "local"):
+        self._link_checkpoint(trainer, self.best_model_path, link)
+    else:  # object storage has no links: the server copies the object
+        if trainer.is_global_zero:
+            self._fs.copy(self.best_model_path, link)
+        trainer.strategy.barrier()
     self._best_linked = self.best_model_path
     if trainer.is_global_zero:
         self.save_checkpoint_artifact(trainer=trainer, filepath=link)

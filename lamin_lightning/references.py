@@ -6,7 +6,8 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/references.html.md"""
 
 # %% auto #0
 __all__ = ['SCHEME', 'CHUNK', 'is_reference', 'Reference', 'ReferenceNotFound', 'resolve', 'local_path', 'LaminFileSystem',
-           'hash_bytes', 'save_hashed', 'Loaded', 'LaminCheckpointIO', 'read_references_in_cli']
+           'hash_bytes', 'save_hashed', 'save_copied', 'fetch_copy', 'Loaded', 'LaminCheckpointIO',
+           'read_references_in_cli']
 
 # %% ../nbs/06_references.ipynb #f6a00004
 import hashlib
@@ -31,7 +32,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import AsyncCheckpointIO
 from typing_extensions import override
 
-from .features import require_instance
+from .features import database_reachable, require_instance
+from .journal import is_remote, remote_copy
 
 # %% ../nbs/06_references.ipynb #f6a00008
 SCHEME = "lamin://"
@@ -88,6 +90,10 @@ def resolve(reference: str | Reference) -> ln.Artifact:
     "The one artifact `reference` names."
     require_instance()
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
+    if not database_reachable():
+        raise ConnectionError(f"{ref}: a lamin:// reference is resolved in LaminDB's database, which this node cannot "
+                              "reach. Resume from the checkpoint's local path here, or run where the database is "
+                              "reachable.")
     if ref.selector is not None:
         flag = _SELECTORS[ref.selector]
         flagged = ln.Artifact.filter(**{flag: True})  # lamindb reads a filter as features only if its first key is one
@@ -108,7 +114,7 @@ def resolve(reference: str | Reference) -> ln.Artifact:
 def local_path(reference: str | Reference, record: bool = True) -> tuple[Path, ln.Artifact]:
     "The local file `reference` names and its artifact; with `record`, an input of the run from `ln.track()`."
     artifact = resolve(reference)
-    path = Path(str(artifact.cache()))
+    path = Path(str(artifact.cache(is_run_input=False)))  # recorded below, without lamindb's warning
     if record and ln.context.run is not None:
         ln.context.run.input_artifacts.add(artifact)
     return path, artifact
@@ -168,6 +174,36 @@ def save_hashed(io_: CheckpointIO, checkpoint: dict[str, Any], path: _PATH,
             file.write(view)
     return stats
 
+
+def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
+                storage_options: Any | None = None) -> tuple[dict[str, Any] | None, Path]:
+    """Save to the remote `url` through `io_`, and keep a local copy to publish: for Lightning's `TorchCheckpointIO`,
+    the bytes it serializes go up once and to the copy (hashed); any other IO's file is downloaded once."""
+    copy = remote_copy(url)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    if type(io_) is not TorchCheckpointIO or storage_options is not None:
+        io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
+        return None, fetch_copy(url, copy)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with buffer.getbuffer() as view:
+        stats = hash_bytes(view)
+        with open(copy, "wb") as file:
+            file.write(view)
+    fs, target = fsspec.core.url_to_fs(url)
+    with fs.transaction:  # as Lightning's `_atomic_save`: object stores take one (multipart) upload
+        fs.pipe(target, buffer.getvalue())
+    return stats, copy
+
+
+def fetch_copy(url: str, copy: Path | None = None) -> Path:
+    "Download the remote file `url` once, to a local copy to publish."
+    copy = copy or remote_copy(url)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    fs, target = fsspec.core.url_to_fs(url)
+    fs.get_file(target, str(copy))
+    return copy
+
 # %% ../nbs/06_references.ipynb #f6a00023
 class _Write(threading.Event):
     "One asynchronous write of a file: set when it is complete (or failed, with `error`)."
@@ -176,6 +212,7 @@ class _Write(threading.Event):
         super().__init__()
         self.error: BaseException | None = None
         self.stats: dict[str, Any] | None = None  # size and hash of the bytes, when taken as they were written
+        self.copy: Path | None = None  # the local copy of a remote file's bytes
         self._callbacks: list[Callable[[BaseException | None], None]] = []
         self._guard = threading.Lock()
 
@@ -189,12 +226,17 @@ class _Write(threading.Event):
             self._callbacks.append(callback)
             return True
 
-    def complete(self, error: BaseException | None, stats: dict[str, Any] | None = None) -> None:
+    def complete(self, error: BaseException | None, stats: dict[str, Any] | None = None, copy: Path | None = None) -> None:
         with self._guard:
-            self.error, self.stats = error, stats
+            self.error, self.stats, self.copy = error, stats, copy
             for callback in self._callbacks:
                 callback(error)
             self.set()
+
+
+def _key(path: _PATH) -> str:
+    "A file's key in the tables of writes: its URL, or its absolute local path."
+    return str(path) if is_remote(path) else os.path.abspath(path)
 
 
 @dataclass
@@ -209,19 +251,22 @@ class Loaded:
 class _Completion(CheckpointIO):
     "The IO inside `AsyncCheckpointIO`, wrapped so that each finished write marks itself complete."
 
-    def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None], None]) -> None:
+    def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None, Path | None], None]) -> None:
         self.inner, self.done = inner, done
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
-        error, stats = None, None
+        error, stats, copy = None, None, None
         try:
-            stats = save_hashed(self.inner, checkpoint, path, storage_options)
+            if is_remote(path):
+                stats, copy = save_copied(self.inner, checkpoint, str(path), storage_options)
+            else:
+                stats = save_hashed(self.inner, checkpoint, path, storage_options)
         except BaseException as exc:
             error = exc
             raise
         finally:
-            self.done(str(path), error, stats)
+            self.done(str(path), error, stats, copy)
 
     @override
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
@@ -245,7 +290,8 @@ class LaminCheckpointIO(CheckpointIO):
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
         self._writes: dict[str, list[_Write]] = {}
-        self._stats: dict[str, tuple[dict[str, Any], int]] = {}  # file -> (stats, inode) of its last write, until taken
+        self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
+        # local copy of a remote file) of its last complete write, until taken
         self._lock = threading.Lock()
         if self.asynchronous and not isinstance(wrapped._checkpoint_io, _Completion):
             wrapped._checkpoint_io = _Completion(wrapped.checkpoint_io, self._complete)
@@ -264,29 +310,38 @@ class LaminCheckpointIO(CheckpointIO):
         if not self.asynchronous:
             return None
         with self._lock:
-            writes = [w for w in self._writes.get(os.path.abspath(path), []) if not w.is_set()]
+            writes = [w for w in self._writes.get(_key(path), []) if not w.is_set()]
         return writes[-1] if writes else None
 
-    def take_stats(self, path: _PATH) -> dict[str, Any] | None:
-        "Size and hash of `path`'s bytes from its last synchronous write, if taken as it was written and still its file."
-        stats, inode = self._stats.pop(os.path.abspath(path), (None, None))
-        return stats if stats is not None and os.stat(path).st_ino == inode else None
+    def take_written(self, path: _PATH) -> tuple[dict[str, Any] | None, Path | None]:
+        """What the last complete write of `path` left: the size and hash of its bytes (if taken as they were written
+        and still its file), and the local copy of a remote file."""
+        stats, inode, copy = self._last.pop(_key(path), (None, None, None))
+        if inode is not None and os.stat(path).st_ino != inode:
+            stats = None
+        return stats, copy
 
-    def _complete(self, path: str, error: BaseException | None, stats: dict[str, Any] | None = None) -> None:
+    def _complete(self, path: str, error: BaseException | None, stats: dict[str, Any] | None = None,
+                  copy: Path | None = None) -> None:
         with self._lock:
-            writes = self._writes.get(os.path.abspath(path), [])
+            writes = self._writes.get(_key(path), [])
             write = writes.pop(0) if writes else None
+            if error is None and copy is not None:  # a write that completed before its entry was built leaves it here
+                self._last[_key(path)] = (stats, None, copy)
         if write is not None:
-            write.complete(error, stats)
+            write.complete(error, stats, copy)
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if self.asynchronous:
             with self._lock:
-                self._writes.setdefault(os.path.abspath(path), []).append(_Write())
+                self._writes.setdefault(_key(path), []).append(_Write())
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
+        elif is_remote(path):
+            stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
+            self._last[_key(path)] = (stats, None, copy)
         elif (stats := save_hashed(self.wrapped, checkpoint, path, storage_options)) is not None:
-            self._stats[os.path.abspath(path)] = (stats, os.stat(path).st_ino)
+            self._last[_key(path)] = (stats, os.stat(path).st_ino, None)
 
     @override
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:

@@ -150,6 +150,20 @@ class _Server:
                  "-U", "postgres", "-d", "postgres", input=statements)
 
 
+_running: dict[str, tuple["_Server", int]] = {}  # url -> its server and port, while `postgres_server` runs
+
+
+@contextmanager
+def stopped(url: str) -> Iterator[None]:
+    "The server of `url` stopped for the block (what a compute node that cannot reach it sees), then started again."
+    server, port = _running[url]
+    server.stop()
+    try:
+        yield
+    finally:
+        server.start(port)
+
+
 @contextmanager
 def postgres_server(install: bool = True) -> Iterator[str]:
     """Start a private PostgreSQL server; yield `postgresql://USER:PASSWORD@127.0.0.1:PORT/DB`; stop and delete it.
@@ -180,8 +194,11 @@ def postgres_server(install: bool = True) -> Iterator[str]:
         password = secrets.token_hex(16)  # hex: nothing to escape in the URL or in SQL
         server.sql(port, f"CREATE ROLE {ROLE} LOGIN CREATEDB PASSWORD '{password}';\n"
                          f"CREATE DATABASE {DATABASE} OWNER {ROLE};\n")
-        yield f"postgresql://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}"
+        url = f"postgresql://{ROLE}:{password}@127.0.0.1:{port}/{DATABASE}"
+        _running[url] = (server, port)
+        yield url
     finally:
+        _running.pop(locals().get("url", ""), None)
         try:
             if started:
                 server.stop()

@@ -12,7 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 RESULT = "LAMIN_LIGHTNING_S3_RESULT "
 
@@ -74,7 +77,22 @@ def child_main() -> None:
     Store.persist = persist
     lag_puts = len(re.findall(r'"PUT /ckpts/\S+\.ckpt HTTP', log.read_text())) - puts_before
     lagged = ln.Artifact.filter(key__startswith=f"{lag}/checkpoints/", suffix=".ckpt")
+    # a checkpoint over 100 MiB goes up in parts (s3fs's 50 MiB), each part once
+    import torch
+
+    class Big(TinyModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("ballast", torch.zeros(27_000_000))  # 108 MB in every checkpoint
+
+    big = root / "big"
+    before = len(log.read_text())
+    tiny_trainer(root, [ll.Checkpoint(dirpath=big)], logger=False, max_epochs=1, limit_val_batches=0).fit(Big(), TinyData())
+    (big_artifact,) = ln.Artifact.filter(key__startswith=f"{big}/checkpoints/")
+    big_requests = log.read_text()[before:]
     print(RESULT + json.dumps(dict(
+        big_size=big_artifact.size, big_path=str(big_artifact.path), big_requests=big_requests,
+        big_on_disk=(big / "epoch=0-step=2.ckpt").stat().st_size,
         lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
         lag_stored=sorted(a.key.rsplit("/", 1)[1] for a in lagged),
         lag_flags=[lagged.filter(is_best_model=True).count(), lagged.filter(is_last_model=True).count()],
@@ -82,6 +100,79 @@ def child_main() -> None:
         last=stored["last.ckpt"][0],
         same_weights=bool((first.layer.weight == second.layer.weight).all()),
         resumed_epoch=resumed.current_epoch, network_attempts=len(guard.attempts))), flush=True)
+
+
+def remote_dirpath_main() -> None:
+    "A local-storage instance and `dirpath=s3://runs/…`: Lightning writes to S3, LaminDB keeps the published copy."
+    import tempfile
+
+    from lamin_lightning.testing import NetworkGuard, init_local_instance, isolate_settings
+
+    isolate_settings(tempfile.mkdtemp())
+    guard = NetworkGuard().install()
+    root = Path.cwd()
+    init_local_instance(root / "storage")
+    import hashlib
+
+    import boto3
+    import lamindb as ln
+    import lamindb_setup as ln_setup
+    from django.db.utils import OperationalError
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    import lamin_lightning as ll
+    from lamin_lightning.store import Store, journals
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+
+    ll.save_lightning_features()
+    s3 = boto3.client("s3")
+
+    def objects(prefix: str) -> dict[str, str]:
+        listed = s3.list_objects_v2(Bucket="runs", Prefix=prefix).get("Contents", [])
+        return {o["Key"].rsplit("/", 1)[1]: hashlib.md5(s3.get_object(Bucket="runs", Key=o["Key"])["Body"].read())
+                .hexdigest() for o in listed}
+
+    def published(url: str) -> dict[str, str]:
+        found = ln.Artifact.filter(key__startswith=f"{url}/checkpoints/", suffix=".ckpt")
+        return {a.key.rsplit("/", 1)[1]: hashlib.md5(Path(a.path).read_bytes()).hexdigest() for a in found}
+
+    log = Path(os.environ["MOTO_LOG"])
+    result: dict = {}
+    for name, plugins in (("sync", []), ("async", [AsyncCheckpointIO()])):
+        url = f"s3://runs/{name}"
+        start = len(log.read_text())
+        callback = ll.Checkpoint(dirpath=url, monitor="val_loss", save_top_k=2, save_last=True, save_best=True)
+        tiny_trainer(root, [callback], logger=False, max_epochs=4, plugins=plugins).fit(TinyModel(), TinyData())
+        flagged = ln.Artifact.filter(key__startswith=f"{url}/")
+        requests_made = log.read_text()[start:]
+        result[name] = dict(
+            objects=objects(f"{name}/"), published=published(url), log=requests_made,
+            flags=[flagged.filter(is_best_model=True).count(), flagged.filter(is_last_model=True).count()],
+            ranks=sorted(ln.Artifact.filter(key__startswith=f"{url}/").filter(model_rank__gte=0)
+                         .values_list("key", flat=True)))
+    resumed = tiny_trainer(root, [ll.Checkpoint(dirpath="s3://runs/resumed", monitor="val_loss")], logger=False,
+                           max_epochs=5)
+    resumed.fit(TinyModel(), TinyData(), ckpt_path="lamin://s3://runs/sync@last")
+    # LaminDB refuses writes for a whole fit: the journal waits in the local folder of the remote one, and sync
+    # publishes it
+    persist = Store.persist
+
+    def refuse(self, entry):
+        raise OperationalError("database is locked")
+
+    Store.persist = refuse
+    try:
+        tiny_trainer(root, [ll.Checkpoint(dirpath="s3://runs/later", monitor="val_loss", save_top_k=2)], logger=False,
+                     max_epochs=3).fit(TinyModel(), TinyData())
+    finally:
+        Store.persist = persist
+    waiting = [str(p) for p in journals("s3://runs/later")]
+    report = ll.sync("s3://runs/later")
+    print(RESULT + json.dumps(dict(
+        result, resumed_epoch=resumed.current_epoch, waiting=waiting, sync_exit=report.exit_code,
+        later=published("s3://runs/later"), later_objects=objects("later/"),
+        cache_left=[str(p) for p in Path(ln_setup.settings.cache_dir).rglob("*") if "lamin_lightning" in str(p)],
+        cwd_left=sorted(p.name for p in root.iterdir()), network_attempts=len(guard.attempts))), flush=True)
 
 
 def free_port() -> int:
@@ -95,13 +186,16 @@ def requests(log: str, method: str) -> collections.Counter:
     return collections.Counter(re.findall(rf'"{method} /ckpts/(\S+) HTTP', log))
 
 
-def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    "moto's S3 server on loopback, with buckets `ckpts` and `runs`; yields the environment of a child and its log."
+    folder = tmp_path_factory.mktemp("s3")
     port = free_port()
-    log_path = tmp_path / "moto.log"
+    log_path = folder / "moto.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")}
     env |= {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "PYTHONWARNINGS": "ignore",
-            "MOTO_LOG": str(tmp_path / "moto.log")}
+            "MOTO_LOG": str(log_path)}
     with log_path.open("w") as log:
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=log, stderr=log, env=env)
@@ -116,18 +210,29 @@ def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
                 time.sleep(0.1)
         import boto3
 
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
-                     aws_secret_access_key="test", region_name="us-east-1").create_bucket(Bucket="ckpts")
-        work = tmp_path / "work"
-        work.mkdir()
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve())], cwd=work, env=env,
-                              capture_output=True, text=True, timeout=300)
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                              aws_secret_access_key="test", region_name="us-east-1")
+        for bucket in ("ckpts", "runs"):
+            client.create_bucket(Bucket=bucket)
+        yield dict(env=env, log=log_path, folder=folder)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def run_child(s3: dict, part: str) -> tuple[subprocess.CompletedProcess, dict]:
+    work = s3["folder"] / part
+    work.mkdir()
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), part], cwd=work, env=s3["env"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     (line,) = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
-    result = json.loads(line[len(RESULT):])
+    return done, json.loads(line[len(RESULT):])
+
+
+def test_s3_storage_uploads_once_and_downloads_once(s3: dict) -> None:
+    done, result = run_child(s3, "storage")
+    log_path = s3["log"]
     assert result["network_attempts"] == 0
     assert "uploading" not in done.stdout  # a quiet console: no progress lines of lamindb's uploads
     assert sorted(result["stored"]) == result["on_disk"]  # the kept checkpoints, each an artifact in S3
@@ -146,7 +251,44 @@ def test_s3_storage_uploads_once_and_downloads_once(tmp_path: Path) -> None:
     assert result["lag_flags"] == [1, 1]
     assert result["lag_puts"] <= 2, result["lag_puts"]
     assert "cannot be published" not in done.stderr and "lost" not in done.stderr
+    # the large checkpoint: one multipart upload, each 50 MiB part sent once, nothing sent whole
+    key = result["big_path"].removeprefix("s3://ckpts/")
+    sent = result["big_requests"]
+    parts = collections.Counter(re.findall(rf'"PUT /ckpts/{re.escape(key)}\?partNumber=(\d+)&', sent))
+    assert result["big_size"] == result["big_on_disk"] > 100 * 2**20
+    assert sorted(parts) == [str(n) for n in range(1, -(-result["big_size"] // (50 * 2**20)) + 1)], parts
+    assert set(parts.values()) == {1}, parts
+    assert len(re.findall(rf'"POST /ckpts/{re.escape(key)}\?uploads', sent)) == 1
+    assert not re.search(rf'"PUT /ckpts/{re.escape(key)} HTTP', sent)
+
+
+
+
+def test_remote_dirpath(s3: dict) -> None:
+    "`dirpath=s3://…`: keys, flags, the journal and sync as for a local folder; each file's bytes cross once."
+    done, result = run_child(s3, "dirpath")
+    assert result["network_attempts"] == 0
+    for name in ("sync", "async"):
+        run = result[name]
+        # what LaminDB holds is what Lightning left in S3, byte for byte: the two best, last.ckpt and best.ckpt
+        assert run["published"] == run["objects"] and len(run["objects"]) == 4, (name, run["objects"])
+        assert run["flags"] == [1, 1], run["flags"]  # one best, one last (last.ckpt), as in a local folder
+        assert len(run["ranks"]) == 2
+        log = run["log"]
+        puts = collections.Counter(re.findall(rf'"PUT /runs/{name}/(\S+\.ckpt) HTTP', log))
+        # one upload per write: each epoch's file once, last.ckpt once per epoch; best.ckpt is copied by the server
+        assert [n for n, c in puts.items() if n.startswith("epoch=") and c == 1] == [f"epoch={e}-step={2 * e + 2}.ckpt"
+                                                                              for e in range(4)], puts
+        assert puts["last.ckpt"] == 4 and 1 <= puts["best.ckpt"] <= 4, puts
+        gets = collections.Counter(re.findall(rf'"GET /runs/{name}/(\S+\.ckpt) HTTP', log))
+        assert gets == {"best.ckpt": puts["best.ckpt"]}, gets  # nothing read back but each server-side copy, once
+    assert result["resumed_epoch"] == 5
+    assert len(result["waiting"]) == 1 and "/lamin_lightning/s3/runs/later/.lamin_lightning/" in result["waiting"][0]
+    assert result["sync_exit"] == 0 and result["later"] == result["later_objects"] and len(result["later"]) == 2
+    assert result["cache_left"] == [], result["cache_left"]  # nothing left in a local folder
+    assert not [n for n in result["cwd_left"] if n.startswith("s3")], result["cwd_left"]  # no `s3:` folder here
+    assert "lost" not in done.stderr and "cannot be published" not in done.stderr
 
 
 if __name__ == "__main__":
-    child_main()
+    {"storage": child_main, "dirpath": remote_dirpath_main}[sys.argv[1]]()

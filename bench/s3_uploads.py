@@ -1,0 +1,104 @@
+"""Training-blocking time per save with an instance whose storage is S3 (moto's server on loopback).
+
+Three callbacks fit the same model with a save at every step: plain ModelCheckpoint (no upload), ours inline
+(`async_publish=False`: training waits for each upload) and ours with the default for cloud storage (uploads on a
+background thread). The time in `_save_checkpoint` is measured per save, Lightning's own write included; the script
+prints medians, the ratios against plain ModelCheckpoint, and the upload requests per checkpoint from the server's log.
+Like the tests, it sets lamindb_setup's private `_is_on_hub = False` before adding the S3 location (lamindb 2.12 asks
+the hub first); the package never does.
+
+    python bench/s3_uploads.py [--width 2000000] [--saves 10]
+"""
+import argparse
+import collections
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def start_server(log: Path) -> subprocess.Popen:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test",
+                      AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=out)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto's server did not start") from None
+            time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--width", type=int, default=2_000_000, help="units of the model: 4 bytes each per checkpoint")
+    parser.add_argument("--saves", type=int, default=10)
+    args = parser.parse_args()
+    log = Path(tempfile.mkdtemp()) / "moto.log"
+    server = start_server(log)
+    try:
+        run(args.width, args.saves, log)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def run(width: int, saves: int, log: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from checkpoint_overhead import bench_instance, ll, ln, ln_setup, timed  # isolated settings, network refused
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+    import boto3
+
+    root = bench_instance("lamin-lightning-s3-")
+    boto3.client("s3").create_bucket(Bucket="bench")
+    ln_setup.settings.instance._is_on_hub = False  # bench only: lamindb asks the hub before adding cloud storage
+    uri = f"s3://bench?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
+    ln.Storage(root=uri).save()
+    ln.settings.storage = uri
+    common = dict(save_top_k=-1, every_n_train_steps=1, monitor="train_loss")
+
+    def fit(callback) -> float:
+        trainer = tiny_trainer(root, [callback], logger=False, max_epochs=1, max_steps=saves,
+                               limit_train_batches=saves, limit_val_batches=0)
+        start = time.perf_counter()
+        trainer.fit(TinyModel(hidden=width), TinyData(n=8 * saves, hidden=width))
+        return time.perf_counter() - start
+
+    fit(ModelCheckpoint(dirpath=root / "warmup", **common))
+    rows: dict[str, tuple[list[float], float]] = {}
+    for name, make in (("plain ModelCheckpoint", lambda d: timed(ModelCheckpoint)(dirpath=d, **common)),
+                       ("ours, inline (async_publish=False)",
+                        lambda d: timed(ll.Checkpoint)(dirpath=d, async_publish=False, **common)),
+                       ("ours, background (default for cloud storage)", lambda d: timed(ll.Checkpoint)(dirpath=d, **common))):
+        folder = root / name.split(",")[0].split()[0] / str(len(rows))
+        callback = make(folder)
+        rows[name] = (callback.save_seconds, fit(callback))
+    size = next(a.size for a in ln.Artifact.filter(suffix=".ckpt"))
+    puts = collections.Counter(re.findall(r'"PUT /bench/(\S+?\.ckpt)\S* HTTP', log.read_text()))
+    plain = statistics.median(rows["plain ModelCheckpoint"][0])
+    print(f"{saves} saves of {size / 1e6:.1f} MB to moto's S3 on loopback; training-blocking time per save:")
+    for name, (seconds, total) in rows.items():
+        median = statistics.median(seconds)
+        print(f"  {name:48s} {median * 1e3:8.1f} ms  {median / plain:5.2f}x  (fit {total:.1f} s)")
+    counts = collections.Counter(puts.values())
+    print(f"upload requests per published checkpoint: {dict(counts)} (one PUT of {size} bytes each)")
+    print(f"artifacts in S3: {ln.Artifact.filter(suffix='.ckpt').count()}")
+
+
+if __name__ == "__main__":
+    main()
