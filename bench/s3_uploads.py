@@ -1,8 +1,8 @@
 """Training-blocking time per save with an instance whose storage is S3 (moto's server on loopback).
 
-Three callbacks fit the same model with a save at every step: plain ModelCheckpoint (no upload), ours inline
-(`async_publish=False`: training waits for each upload) and ours with the default for cloud storage (uploads on a
-background thread). The time in `_save_checkpoint` is measured per save, Lightning's own write included; the script
+Four callbacks fit the same model with a save at every step: plain ModelCheckpoint (no upload), ours inline
+(`async_publish=False`: training waits for each upload), ours with the default for cloud storage (uploads on a
+background thread), and lamindb's integration (inline; it runs here only because of the flag below). The time in `_save_checkpoint` is measured per save, Lightning's own write included; the script
 prints medians, the ratios against plain ModelCheckpoint, and the upload requests per checkpoint from the server's log.
 Like the tests, it sets lamindb_setup's private `_is_on_hub = False` before adding the S3 location (lamindb 2.12 asks
 the hub first); the package never does.
@@ -57,20 +57,41 @@ def main() -> None:
 
 
 def run(width: int, saves: int, log: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from checkpoint_overhead import bench_instance, ll, ln, ln_setup, timed  # isolated settings, network refused
+    from lamin_lightning.testing import NetworkGuard, TinyData, TinyModel, init_local_instance, isolate_settings, tiny_trainer
+
+    isolate_settings()
+    NetworkGuard().install()  # only loopback (the S3 server) may be reached
+    root = Path(tempfile.mkdtemp(prefix="lamin-lightning-s3-"))
+    init_local_instance(root / "storage")  # before lamindb is imported, as in the tests
+    import boto3
+    import lamindb as ln
+    import lamindb_setup as ln_setup
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
-    import boto3
+    from lamindb.integrations import lightning as lamindb_lightning
 
-    root = bench_instance("lamin-lightning-s3-")
+    import lamin_lightning as ll
+
+    ln.settings.verbosity = "error"
+    ll.save_lightning_features()
     boto3.client("s3").create_bucket(Bucket="bench")
     ln_setup.settings.instance._is_on_hub = False  # bench only: lamindb asks the hub before adding cloud storage
     uri = f"s3://bench?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
     ln.Storage(root=uri).save()
     ln.settings.storage = uri
     common = dict(save_top_k=-1, every_n_train_steps=1, monitor="train_loss")
+
+    def timed(callback):
+        "`callback`, recording in `save_seconds` how long each `_save_checkpoint` took, Lightning's write included."
+        callback.save_seconds, save = [], callback._save_checkpoint
+
+        def timed_save(trainer, filepath):
+            start = time.perf_counter()
+            save(trainer, filepath)
+            callback.save_seconds.append(time.perf_counter() - start)
+
+        callback._save_checkpoint = timed_save
+        return callback
 
     def fit(callback) -> float:
         trainer = tiny_trainer(root, [callback], logger=False, max_epochs=1, max_steps=saves,
@@ -81,14 +102,16 @@ def run(width: int, saves: int, log: Path) -> None:
 
     fit(ModelCheckpoint(dirpath=root / "warmup", **common))
     rows: dict[str, tuple[list[float], float]] = {}
-    for name, make in (("plain ModelCheckpoint", lambda d: timed(ModelCheckpoint)(dirpath=d, **common)),
-                       ("ours, inline (async_publish=False)",
-                        lambda d: timed(ll.Checkpoint)(dirpath=d, async_publish=False, **common)),
-                       ("ours, background (default for cloud storage)", lambda d: timed(ll.Checkpoint)(dirpath=d, **common))):
-        folder = root / name.split(",")[0].split()[0] / str(len(rows))
-        callback = make(folder)
+    variants = [
+        ("plain ModelCheckpoint", "plain", lambda d: ModelCheckpoint(dirpath=d, **common)),
+        ("ours, inline (async_publish=False)", "inline", lambda d: ll.Checkpoint(dirpath=d, async_publish=False, **common)),
+        ("ours, background (default for cloud storage)", "ours", lambda d: ll.Checkpoint(dirpath=d, **common)),
+        ("lamindb's integration", "lamindb", lambda d: lamindb_lightning.Checkpoint(dirpath=str(d), **common)),
+    ]
+    for name, folder, make in variants:
+        callback = timed(make(root / folder))
         rows[name] = (callback.save_seconds, fit(callback))
-    size = next(a.size for a in ln.Artifact.filter(suffix=".ckpt"))
+    size = next(a.size for a in ln.Artifact.filter(suffix=".ckpt", key__contains="/ours/"))
     puts = collections.Counter(re.findall(r'"PUT /bench/(\S+?\.ckpt)\S* HTTP', log.read_text()))
     plain = statistics.median(rows["plain ModelCheckpoint"][0])
     print(f"{saves} saves of {size / 1e6:.1f} MB to moto's S3 on loopback; training-blocking time per save:")
@@ -97,7 +120,7 @@ def run(width: int, saves: int, log: Path) -> None:
         print(f"  {name:48s} {median * 1e3:8.1f} ms  {median / plain:5.2f}x  (fit {total:.1f} s)")
     counts = collections.Counter(puts.values())
     print(f"upload requests per published checkpoint: {dict(counts)} (one PUT of {size} bytes each)")
-    print(f"artifacts in S3: {ln.Artifact.filter(suffix='.ckpt').count()}")
+    print(f"checkpoint artifacts in S3: {ln.Artifact.filter(suffix='.ckpt').count()} (ours 2 x {saves}, lamindb's {saves})")
 
 
 if __name__ == "__main__":
