@@ -204,3 +204,27 @@ def postgres_server(install: bool = True) -> Iterator[str]:
                 server.stop()
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def postgres_or_skip() -> Iterator[str]:
+    "`postgres_server()`; the calling test is skipped, with the reason, when no server can be installed or started."
+    import pytest
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresUnavailable as error:
+        pytest.skip(f"PostgreSQL server unavailable: {error}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+def child_env(settings: Path, url_variable: str, url: str, **extra: str) -> dict[str, str]:
+    "The environment of a test's child process: LaminDB settings of its own, the database URL, this repo importable."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")}
+    env |= {"LAMIN_SETTINGS_DIR": str(settings), "LAMIN_LIGHTNING_TEST": str(settings), url_variable: url, **extra,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))}
+    return env

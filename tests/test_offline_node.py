@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
 
 RESULT = "LAMIN_LIGHTNING_OFFLINE_NODE "
 URL_VARIABLE = "LAMIN_LIGHTNING_TEST_PG_URL"
@@ -92,21 +91,12 @@ def run_step(env: dict, work: Path, *args: str) -> tuple[subprocess.CompletedPro
 
 
 def test_fit_without_database_then_sync_elsewhere(tmp_path: Path) -> None:
-    from pg import PostgresUnavailable, postgres_server, stopped
+    from pg import child_env, postgres_or_skip, stopped
 
-    try:
-        server = postgres_server()
-        url = server.__enter__()
-    except PostgresUnavailable as error:
-        pytest.skip(f"PostgreSQL server unavailable: {error}")
-    try:
+    with postgres_or_skip() as url:
         work = tmp_path / "work"
         work.mkdir()
-        settings = tmp_path / "settings"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")}
-        env |= {"LAMIN_SETTINGS_DIR": str(settings), "LAMIN_LIGHTNING_TEST": str(settings),
-                "LAMIN_CACHE_DIR": str(tmp_path / "cache"), URL_VARIABLE: url,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))}
+        env = child_env(tmp_path / "settings", URL_VARIABLE, url, LAMIN_CACHE_DIR=str(tmp_path / "cache"))
         run_step(env, work, "init")
         compute = work / "scratch" / "ckpts"
         with stopped(url):
@@ -115,8 +105,6 @@ def test_fit_without_database_then_sync_elsewhere(tmp_path: Path) -> None:
         mounted.parent.mkdir(parents=True)
         shutil.move(compute, mounted)
         synced, result = run_step(env, work, "sync", str(mounted), str(compute))
-    finally:
-        server.__exit__(None, None, None)
     assert urlparse(url).password not in trained.stderr + synced.stdout + synced.stderr
     # the compute node: trained to the end, warned once, journaled; only the kept checkpoints' bytes wait
     assert fit["epochs"] == 5 and fit["network_attempts"] == 0

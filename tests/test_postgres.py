@@ -113,28 +113,18 @@ def check_fit(fit: dict) -> None:
 
 
 def test_checkpoints_on_postgres(tmp_path: Path) -> None:
-    from pg import PostgresUnavailable, postgres_server, postgres_version
+    from pg import child_env, postgres_or_skip, postgres_version
 
-    try:
-        server = postgres_server()
-        url = server.__enter__()
-    except PostgresUnavailable as error:
-        pytest.skip(f"PostgreSQL server unavailable: {error}")
-    try:
+    with postgres_or_skip() as url:
         password = urlparse(url).password
         assert password
         work = tmp_path / "work"
         work.mkdir()
-        settings = tmp_path / "settings"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")}
-        env |= {"LAMIN_SETTINGS_DIR": str(settings), "LAMIN_LIGHTNING_TEST": str(settings), URL_VARIABLE: url,
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), env.get("PYTHONPATH")]))}
+        env = child_env(tmp_path / "settings", URL_VARIABLE, url)
         started = time.monotonic()
         done = subprocess.run([sys.executable, str(Path(__file__).resolve())], cwd=work, env=env,
                               capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
         seconds = time.monotonic() - started
-    finally:
-        server.__exit__(None, None, None)
 
     output = done.stdout + done.stderr
     assert password not in output, "the database password appeared in the log output"
