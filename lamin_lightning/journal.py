@@ -124,9 +124,11 @@ def local_home(url: str) -> Path:
 
 
 def remote_copy(url: str) -> Path:
-    "A new local path for a copy of the remote file `url`'s bytes, next to its folder's journal."
+    "A new local path (its folder made) for a copy of the remote file `url`'s bytes, next to its folder's journal."
     parent, _, name = str(url).rstrip("/").rpartition("/")
-    return local_home(parent) / STAGING / f"{uuid.uuid4().hex[:8]}-{name}"
+    folder = local_home(parent) / STAGING
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{uuid.uuid4().hex[:8]}-{name}"
 
 
 def prune_local_home(url: str) -> None:

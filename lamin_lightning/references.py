@@ -180,7 +180,6 @@ def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
     """Save to the remote `url` through `io_`, and keep a local copy to publish: for Lightning's `TorchCheckpointIO`,
     the bytes it serializes go up once and to the copy (hashed); any other IO's file is downloaded once."""
     copy = remote_copy(url)
-    copy.parent.mkdir(parents=True, exist_ok=True)
     if type(io_) is not TorchCheckpointIO or storage_options is not None:
         io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
         return None, fetch_copy(url, copy)
@@ -191,15 +190,18 @@ def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
         with open(copy, "wb") as file:
             file.write(view)
     fs, target = fsspec.core.url_to_fs(url)
-    with fs.transaction:  # as Lightning's `_atomic_save`: object stores take one (multipart) upload
-        fs.pipe(target, buffer.getvalue())
+    try:
+        with fs.transaction:  # as Lightning's `_atomic_save`: object stores take one (multipart) upload
+            fs.pipe(target, buffer.getvalue())
+    except BaseException:
+        copy.unlink()  # the write failed: no copy left behind
+        raise
     return stats, copy
 
 
 def fetch_copy(url: str, copy: Path | None = None) -> Path:
     "Download the remote file `url` once, to a local copy to publish."
     copy = copy or remote_copy(url)
-    copy.parent.mkdir(parents=True, exist_ok=True)
     fs, target = fsspec.core.url_to_fs(url)
     fs.get_file(target, str(copy))
     return copy
