@@ -90,10 +90,45 @@ def child_main() -> None:
     tiny_trainer(root, [ll.Checkpoint(dirpath=big)], logger=False, max_epochs=1, limit_val_batches=0).fit(Big(), TinyData())
     (big_artifact,) = ln.Artifact.filter(key__startswith=f"{big}/checkpoints/")
     big_requests = log.read_text()[before:]
+    # a remote checkpoint folder with cloud storage: Lightning's file goes up once, and the server copies it into the
+    # storage (S3's CopyObject, client-side calls recorded)
+    import hashlib
+
+    import s3fs
+
+    from lamin_lightning.store import copy_in_cloud
+
+    calls: list[tuple[str, str | None, str | None, str | None]] = []
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def recorded(self, method, *args, **kwargs):
+        body = kwargs.get("Body")
+        calls.append((method, kwargs.get("Bucket"), kwargs.get("Key"), None if body is None else
+                      hashlib.md5(body).hexdigest()))
+        return await call_s3(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = recorded
+    both = "s3://runs/both"
+    tiny_trainer(root, [ll.Checkpoint(dirpath=both, monitor="val_loss", save_top_k=2, save_last=True)], logger=False,
+                 max_epochs=3).fit(TinyModel(), TinyData())
+    s3fs.S3FileSystem._call_s3 = call_s3
+    fs = s3fs.S3FileSystem()
+    both_stored = {a.key.rsplit("/", 1)[1]: str(a.path) for a in
+                   ln.Artifact.filter(key__startswith=f"{both}/checkpoints/", suffix=".ckpt")}
+    md5 = {name: hashlib.md5(fs.cat(path.removeprefix("s3://"))).hexdigest() for name, path in both_stored.items()}
+    objects = {Path(p).name: hashlib.md5(fs.cat(p)).hexdigest() for p in fs.ls("runs/both") if p.endswith(".ckpt")}
+    # the guard: a copy that would not hold the bytes to publish is not kept
+    other = root / "other.ckpt"
+    other.write_bytes(b"other bytes")
+    refused = ln_setup.settings.storage.root / ".lamindb/refused.ckpt"
+    refused = not copy_in_cloud(f"{both}/last.ckpt", other, refused) and not refused.exists()
+    managed_left = sorted(f"s3://{p}" for p in fs.ls("ckpts/.lamindb", refresh=True) if p.endswith(".ckpt")
+                          if f"s3://{p}" not in {str(a.path) for a in ln.Artifact.filter(suffix=".ckpt")})
     print(RESULT + json.dumps(dict(
         big_size=big_artifact.size, big_path=str(big_artifact.path), big_requests=big_requests,
         big_on_disk=(big / "epoch=0-step=2.ckpt").stat().st_size,
-        lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
+        both_calls=calls, both_stored=both_stored, both_md5=md5, both_objects=objects,
+        refused=refused, managed_left=managed_left, lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
         lag_stored=sorted(a.key.rsplit("/", 1)[1] for a in lagged),
         lag_flags=[lagged.filter(is_best_model=True).count(), lagged.filter(is_last_model=True).count()],
         stored=stored, on_disk=sorted(p.name for p in dirpath.glob("*.ckpt")), best=str(best.path),
@@ -260,6 +295,19 @@ def test_s3_storage_uploads_once_and_downloads_once(s3: dict) -> None:
     assert set(parts.values()) == {1}, parts
     assert len(re.findall(rf'"POST /ckpts/{re.escape(key)}\?uploads', sent)) == 1
     assert not re.search(rf'"PUT /ckpts/{re.escape(key)} HTTP', sent)
+    # a remote checkpoint folder with S3 storage: each file went up once, to the folder; the storage got copies made by
+    # the server, holding exactly the folder's bytes
+    calls = result["both_calls"]
+    assert result["both_md5"] == result["both_objects"] and len(result["both_objects"]) == 3  # the two best, last
+    sent = [(method, bucket, key) for method, bucket, key, body in calls if body is not None or "multipart" in method]
+    assert not [c for c in sent if c[1] == "ckpts" and c[2].endswith(".ckpt")], sent  # no checkpoint bytes to storage
+    uploads = collections.Counter(key.rsplit("/", 1)[1] for method, bucket, key in sent if bucket == "runs")
+    assert uploads == {"last.ckpt": 3, **{f"epoch={e}-step={2 * e + 2}.ckpt": 1 for e in range(3)}}, uploads
+    copies = [key for method, bucket, key, body in calls if method == "copy_object" and bucket == "ckpts"]
+    for name, path in result["both_stored"].items():
+        assert path.removeprefix("s3://ckpts/") in copies, (name, copies)
+    assert result["refused"]  # different bytes: no copy kept, the local file is uploaded instead
+    assert result["managed_left"] == []  # no copy of an evicted or replaced checkpoint left behind in the storage
 
 
 
