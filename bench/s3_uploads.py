@@ -4,6 +4,8 @@ Four callbacks fit the same model with a save at every step: plain ModelCheckpoi
 (`async_publish=False`: training waits for each upload), ours with the default for cloud storage (uploads on a
 background thread), and lamindb's integration (inline; it runs here only because of the flag below). The time in `_save_checkpoint` is measured per save, Lightning's own write included; the script
 prints medians, the ratios against plain ModelCheckpoint, and the upload requests per checkpoint from the server's log.
+Then plain and ours (background) write to `dirpath=s3://…` as well, with the requests that s3fs sent: each checkpoint
+goes up once (a PUT to the folder), and the storage gets the server's copies (CopyObject).
 Like the tests, it sets lamindb_setup's private `_is_on_hub = False` before adding the S3 location (lamindb 2.12 asks
 the hub first); the package never does.
 
@@ -121,6 +123,39 @@ def run(width: int, saves: int, log: Path) -> None:
     counts = collections.Counter(puts.values())
     print(f"upload requests per published checkpoint: {dict(counts)} (one PUT of {size} bytes each)")
     print(f"checkpoint artifacts in S3: {ln.Artifact.filter(suffix='.ckpt').count()} (ours 2 x {saves}, lamindb's {saves})")
+    remote_folder(fit, timed, common, saves)
+
+
+def remote_folder(fit, timed, common: dict, saves: int) -> None:
+    "`dirpath=s3://…` as well: Lightning writes to S3, and the server copies each checkpoint into the storage."
+    import boto3
+    import s3fs
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    import lamin_lightning as ll
+
+    boto3.client("s3").create_bucket(Bucket="bench-runs")
+    calls: collections.Counter = collections.Counter()  # (method, bucket) of each request s3fs sends
+    call_s3 = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):
+        calls[method, kwargs.get("Bucket")] += 1
+        return await call_s3(self, method, *args, **kwargs)
+
+    s3fs.S3FileSystem._call_s3 = counted
+    rows = {}
+    for name, make in [("plain ModelCheckpoint", lambda: ModelCheckpoint(dirpath="s3://bench-runs/plain", **common)),
+                       ("ours, background (default)", lambda: ll.Checkpoint(dirpath="s3://bench-runs/ours", **common))]:
+        calls.clear()
+        callback = timed(make())
+        rows[name] = (callback.save_seconds, fit(callback), dict(calls))
+    s3fs.S3FileSystem._call_s3 = call_s3
+    plain = statistics.median(rows["plain ModelCheckpoint"][0])
+    print(f"\nthe same with dirpath=s3://bench-runs/… ({saves} saves); training-blocking time per save:")
+    for name, (seconds, total, sent) in rows.items():
+        median = statistics.median(seconds)
+        uploads = {f"{m} to {b}": n for (m, b), n in sent.items() if m in ("put_object", "upload_part", "copy_object")}
+        print(f"  {name:48s} {median * 1e3:8.1f} ms  {median / plain:5.2f}x  (fit {total:.1f} s)  {uploads}")
 
 
 if __name__ == "__main__":
