@@ -1,7 +1,8 @@
 """Training-blocking time per save under `AsyncCheckpointIO`: plain ModelCheckpoint vs lamin_lightning's Checkpoint.
 
 Lightning writes each checkpoint on AsyncCheckpointIO's thread; ours journals and publishes each file once its write
-is complete (the IO thread records it, a worker thread publishes it). What training waits for in `_save_checkpoint`
+is complete (the IO thread records it, a worker thread publishes it). Each fit has one batch per epoch and a save at
+every step. What training waits for in `_save_checkpoint`
 (Lightning's hand-off to the IO thread, plus building our entry) is measured per save, for each checkpoint size; plain
 and ours run twice each, interleaved; the target is a median ratio of at most 1.1 against plain ModelCheckpoint. lamindb's
 integration is measured too: it publishes right after the hand-off, before the write is complete, so its row also
@@ -26,9 +27,9 @@ from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer  # noqa: E
 
 
 def fit(callback, root: Path, saves: int, width: int) -> None:
-    trainer = tiny_trainer(root, [callback], logger=False, max_epochs=1, max_steps=saves, limit_train_batches=saves,
+    trainer = tiny_trainer(root, [callback], logger=False, max_epochs=saves, limit_train_batches=1,
                            limit_val_batches=0, plugins=[AsyncCheckpointIO()])
-    trainer.fit(TinyModel(hidden=width), TinyData(n=8 * saves, hidden=width))
+    trainer.fit(TinyModel(hidden=width), TinyData(n=8, hidden=width))  # one batch, a step and a save per epoch
 
 
 def stale(prefix: str, folder: Path) -> int:
