@@ -218,10 +218,11 @@ def s3_etags(path: Path) -> tuple[str, str]:
 def server_copy(entry: Entry) -> Any | None:
     """Where the server puts the bytes of `entry`'s remote file in the instance's cloud storage: lamindb's managed path
     of its artifact. `None` unless both are on S3, the only object store whose copies are checked here."""
-    root = ln_setup.settings.storage.root
-    if entry.remote is None or get_protocol(entry.remote) != "s3" or getattr(root, "protocol", None) != "s3":
+    if entry.remote is None or get_protocol(entry.remote) != "s3":
         return None
-    return root / f"{MANAGED}/{entry.uid}{PurePosixPath(entry.remote).suffix}"
+    root = ln_setup.settings.storage.root
+    return root / f"{MANAGED}/{entry.uid}{PurePosixPath(entry.remote).suffix}" if getattr(root, "protocol", None) == "s3" \
+        else None
 
 
 def copy_in_cloud(url: str, local: Path, copy: Any) -> bool:
