@@ -117,6 +117,8 @@ def child_main() -> None:
                    ln.Artifact.filter(key__startswith=f"{both}/checkpoints/", suffix=".ckpt")}
     md5 = {name: hashlib.md5(fs.cat(path.removeprefix("s3://"))).hexdigest() for name, path in both_stored.items()}
     objects = {Path(p).name: hashlib.md5(fs.cat(p)).hexdigest() for p in fs.ls("runs/both") if p.endswith(".ckpt")}
+    both_cache = [str(p) for p in Path(ln_setup.settings.cache_dir).rglob("*") if "lamin_lightning" in str(p)]
+    both_loaded = TinyModel.load_from_checkpoint(f"lamin://{both}@best")  # from the storage's copy
     # the guard: a copy that would not hold the bytes to publish is not kept
     other = root / "other.ckpt"
     other.write_bytes(b"other bytes")
@@ -128,7 +130,8 @@ def child_main() -> None:
         big_size=big_artifact.size, big_path=str(big_artifact.path), big_requests=big_requests,
         big_on_disk=(big / "epoch=0-step=2.ckpt").stat().st_size,
         both_calls=calls, both_stored=both_stored, both_md5=md5, both_objects=objects,
-        refused=refused, managed_left=managed_left, lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
+        refused=refused, managed_left=managed_left, both_cache=both_cache,
+        both_loaded=type(both_loaded).__name__, lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
         lag_stored=sorted(a.key.rsplit("/", 1)[1] for a in lagged),
         lag_flags=[lagged.filter(is_best_model=True).count(), lagged.filter(is_last_model=True).count()],
         stored=stored, on_disk=sorted(p.name for p in dirpath.glob("*.ckpt")), best=str(best.path),
@@ -308,6 +311,7 @@ def test_s3_storage_uploads_once_and_downloads_once(s3: dict) -> None:
         assert path.removeprefix("s3://ckpts/") in copies, (name, copies)
     assert result["refused"]  # different bytes: no copy kept, the local file is uploaded instead
     assert result["managed_left"] == []  # no copy of an evicted or replaced checkpoint left behind in the storage
+    assert result["both_cache"] == [] and result["both_loaded"] == "TinyModel"  # nothing left locally; it loads back
 
 
 
