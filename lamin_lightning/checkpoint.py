@@ -304,6 +304,7 @@ def setup(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule, 
     self._trainer = trainer
     self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
     self._io.before_remove = self._keep_bytes
+    self._io.before_write = self._settle_remote
     self._io.loaded = None
     wrapped = type(self._io.wrapped).__name__
     if not self._io.asynchronous and "async" in wrapped.lower():
@@ -658,12 +659,20 @@ def _keep_bytes(self: Checkpoint, path: str) -> None:
 
 
 @patch
+def _settle_remote(self: Checkpoint, url: str) -> None:
+    "Before a remote file is written again: the server's copy of its previous bytes must be complete."
+    if self._fit is not None:
+        self._fit.publisher.settle(url)
+
+
+@patch
 @override
 def _link_best(self: Checkpoint, trainer: pl.Trainer) -> None:
     "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
     if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
         while (write := self._io.pending_write(self.best_model_path)) is not None:
             write.wait()
+        self._settle_remote(self.best_link_path)  # the server is about to write `best.ckpt` again
     super(Checkpoint, self)._link_best(trainer)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316

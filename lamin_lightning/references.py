@@ -253,14 +253,16 @@ class Loaded:
 class _Completion(CheckpointIO):
     "The IO inside `AsyncCheckpointIO`, wrapped so that each finished write marks itself complete."
 
-    def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None, Path | None], None]) -> None:
-        self.inner, self.done = inner, done
+    def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None, Path | None], None],
+                 before: Callable[[str], None]) -> None:
+        self.inner, self.done, self.before = inner, done, before
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         error, stats, copy = None, None, None
         try:
             if is_remote(path):
+                self.before(str(path))
                 stats, copy = save_copied(self.inner, checkpoint, str(path), storage_options)
             else:
                 stats = save_hashed(self.inner, checkpoint, path, storage_options)
@@ -291,12 +293,13 @@ class LaminCheckpointIO(CheckpointIO):
         self.asynchronous = isinstance(wrapped, AsyncCheckpointIO)
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
+        self.before_write: Callable[[str], None] | None = None  # waits for what still reads a remote file's bytes
         self._writes: dict[str, list[_Write]] = {}
         self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
         # local copy of a remote file) of its last complete write, until taken
         self._lock = threading.Lock()
         if self.asynchronous and not isinstance(wrapped._checkpoint_io, _Completion):
-            wrapped._checkpoint_io = _Completion(wrapped.checkpoint_io, self._complete)
+            wrapped._checkpoint_io = _Completion(wrapped.checkpoint_io, self._complete, self._before_write)
 
     @classmethod
     def install(cls, strategy: Any) -> "LaminCheckpointIO":
@@ -323,6 +326,10 @@ class LaminCheckpointIO(CheckpointIO):
             stats = None
         return stats, copy
 
+    def _before_write(self, path: str) -> None:
+        if self.before_write is not None:
+            self.before_write(path)
+
     def _complete(self, path: str, error: BaseException | None, stats: dict[str, Any] | None = None,
                   copy: Path | None = None) -> None:
         with self._lock:
@@ -340,6 +347,7 @@ class LaminCheckpointIO(CheckpointIO):
                 self._writes.setdefault(_key(path), []).append(_Write())
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
         elif is_remote(path):
+            self._before_write(str(path))
             stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
             self._last[_key(path)] = (stats, None, copy)
         elif (stats := save_hashed(self.wrapped, checkpoint, path, storage_options)) is not None:

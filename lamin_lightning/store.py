@@ -17,6 +17,7 @@ import queue
 import re
 import sys
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Store:
         self.writer = ValueWriter()
         self._features: dict[int, ln.Feature] = {}
         self._runs: dict[str, ln.Run | None] = {}
+        self.copying: dict[str, Future] = {}  # entry id -> the server's copy of its remote file, under way
 
     def source(self, entry: Entry) -> Path:
         "The file an entry publishes."
@@ -156,7 +158,7 @@ def skip(self: Store, entry: Entry) -> None:
     for path in placed:
         if path is not None:
             path.unlink(missing_ok=True)
-    if (copy := server_copy(entry)) is not None and copy.exists():
+    if (copy := server_copy(entry)) is not None and self.copied(entry, copy):
         copy.unlink()
 
 
@@ -242,6 +244,22 @@ def copy_in_cloud(url: str, local: Path, copy: Any) -> bool:
         return False
     return True
 
+
+@patch
+def copied(self: Store, entry: Entry, copy: Any) -> bool:
+    """Whether the server's copy of `entry`'s remote file, made right after its write, is at `copy` (waiting for it if
+    it is under way) with the size of the bytes written; a copy of another size is deleted."""
+    if (future := self.copying.pop(entry.id, None)) is not None:
+        wait([future])  # what it left is checked here, not its outcome
+    try:
+        size = copy.fs.info(copy.path)["size"]
+    except FileNotFoundError:
+        return False
+    if entry.stats is not None and size != entry.stats["size"]:
+        copy.unlink()
+        return False
+    return True
+
 # %% ../nbs/05_store.ipynb #d4e5f614
 @patch
 def _create(self: Store, entry: Entry) -> tuple[ln.Artifact, bool]:
@@ -258,7 +276,7 @@ def _create(self: Store, entry: Entry) -> tuple[ln.Artifact, bool]:
         if not managed or not target.exists():
             place_file(path, target)
         path = target
-    elif (copy := server_copy(entry)) is not None and (copy.exists() or copy_in_cloud(entry.remote, path, copy)):
+    elif (copy := server_copy(entry)) is not None and (self.copied(entry, copy) or copy_in_cloud(entry.remote, path, copy)):
         managed, path, copied = True, copy, copy  # the server copied the remote file: nothing to upload
     artifact = register_managed(path, **options) if managed else ln.Artifact(path, **options)
     is_new = artifact._state.adding
@@ -375,6 +393,8 @@ class Publisher:
         self._open = threading.Event()  # cleared while training waits in `yielding()`
         self._open.set()
         self._crash: BaseException | None = None
+        self._copier: ThreadPoolExecutor | None = None  # the server's copies of remote files, one at a time, in order
+        self._copies: dict[str, Future] = {}  # remote file -> its latest copy
         self._wake: queue.Queue[bool] | None = None
         self._thread: threading.Thread | None = None
         if background:
@@ -438,10 +458,10 @@ def _place(self: Publisher, entry: Entry) -> None:
     if entry.op != "save":
         return
     if not self.deferred and (copy := server_copy(entry)) is not None:  # a remote file, on the same object store:
-        try:  # the server copies it before anything can write the file again
-            copy.fs.cp_file(entry.remote.partition("://")[2], copy.path)
-        except OSError as error:  # publishing copies or uploads the local copy instead
-            log.debug("lamin_lightning: the server did not copy %s (%s)", entry.remote, error)
+        if self._copier is None:  # the server copies it in the background; the file is not written again before
+            self._copier = ThreadPoolExecutor(1, thread_name_prefix="lamin_lightning-copy")  # (`settle`)
+        future = self._copier.submit(_server_copy, entry.remote, copy)
+        self.store.copying[entry.id] = self._copies[entry.remote] = future
     target = self.store.target(entry)
     if target is None or entry.stored == entry.key or self.deferred:  # a node without the database may not see
         target = self.store.staged(entry)  # the storage either: the bytes travel with the checkpoint folder
@@ -452,6 +472,20 @@ def _place(self: Publisher, entry: Entry) -> None:
             place_file(self.store.source(entry), self.store.staged(entry))
         except OSError:  # nowhere to keep them yet: persisting retries, and reports what it finds
             pass
+
+
+def _server_copy(url: str, copy: Any) -> None:
+    try:
+        copy.fs.cp_file(url.partition("://")[2], copy.path)
+    except OSError as error:  # publishing copies on condition, or uploads the local copy, instead
+        log.debug("lamin_lightning: the server did not copy %s (%s)", url, error)
+
+
+@patch
+def settle(self: Publisher, url: str) -> None:
+    "Before the remote file `url` is written again or deleted: wait for the server's copies of it."
+    if (future := self._copies.get(url)) is not None:
+        wait([future])
 
 
 @patch
@@ -467,6 +501,7 @@ def _drop_bytes(self: Publisher, entry_id: str) -> None:
 @patch
 def keep(self: Publisher, path: str | Path) -> None:
     "Before `path` is deleted: wait for the writes of the pending entries that publish it, and keep their bytes."
+    self.settle(str(path))
     real = os.path.realpath(path)
     with self._lock:
         waiting = [e for e in (*self.pending, *self._unrecorded)
@@ -648,6 +683,8 @@ def close(self: Publisher) -> None:
     try:
         self.flush()
     finally:
+        if self._copier is not None:
+            self._copier.shutdown()  # publishing waited for every copy it registers; the rest are left in storage
         if self._thread is not None and self._thread.is_alive():
             assert self._wake is not None
             self._wake.put(False)

@@ -108,11 +108,39 @@ def child_main() -> None:
         return await call_s3(self, method, *args, **kwargs)
 
     s3fs.S3FileSystem._call_s3 = recorded
+    # each server copy is slowed down (a fault injected), so that Lightning's next write of last.ckpt would come
+    # first if it did not wait; every artifact, when published, must hold the bytes its hash was taken from
+    from lamindb_setup.core.hashing import to_b64_str  # lamindb's encoding of a hash
+
+    from lamin_lightning import store as store_module
+
+    server_copy = store_module._server_copy
+
+    def slow_copy(url, copy):
+        time.sleep(0.3)
+        server_copy(url, copy)
+
+    store_module._server_copy = slow_copy
+    wrong: list[str] = []
+    checked: list[str] = []
+
+    class CheckBytes:
+        def on_artifact_saved(self, event):
+            checked.append(event.key)
+            if event.artifact is None or event.artifact.hash != to_b64_str(
+                    hashlib.md5(fs.cat(str(event.artifact.path).removeprefix("s3://"))).digest())[:22]:
+                wrong.append(event.key)
+
+        def on_artifact_removed(self, event):
+            pass
+
+    fs = s3fs.S3FileSystem()
     both = "s3://runs/both"
-    tiny_trainer(root, [ll.Checkpoint(dirpath=both, monitor="val_loss", save_top_k=2, save_last=True)], logger=False,
+    tiny_trainer(root, [ll.Checkpoint(dirpath=both, monitor="val_loss", save_top_k=2, save_last=True,
+                                      artifact_observers=[CheckBytes()])], logger=False,
                  max_epochs=3).fit(TinyModel(), TinyData())
     s3fs.S3FileSystem._call_s3 = call_s3
-    fs = s3fs.S3FileSystem()
+    store_module._server_copy = server_copy
     both_stored = {a.key.rsplit("/", 1)[1]: str(a.path) for a in
                    ln.Artifact.filter(key__startswith=f"{both}/checkpoints/", suffix=".ckpt")}
     md5 = {name: hashlib.md5(fs.cat(path.removeprefix("s3://"))).hexdigest() for name, path in both_stored.items()}
@@ -130,7 +158,7 @@ def child_main() -> None:
         big_size=big_artifact.size, big_path=str(big_artifact.path), big_requests=big_requests,
         big_on_disk=(big / "epoch=0-step=2.ckpt").stat().st_size,
         both_calls=calls, both_stored=both_stored, both_md5=md5, both_objects=objects,
-        refused=refused, managed_left=managed_left, both_cache=both_cache,
+        refused=refused, managed_left=managed_left, both_cache=both_cache, wrong_bytes=wrong, checked=checked,
         both_loaded=type(both_loaded).__name__, lag_puts=lag_puts, lag_on_disk=sorted(p.name for p in lag.glob("*.ckpt")),
         lag_stored=sorted(a.key.rsplit("/", 1)[1] for a in lagged),
         lag_flags=[lagged.filter(is_best_model=True).count(), lagged.filter(is_last_model=True).count()],
@@ -312,6 +340,8 @@ def test_s3_storage_uploads_once_and_downloads_once(s3: dict) -> None:
     assert result["refused"]  # different bytes: no copy kept, the local file is uploaded instead
     assert result["managed_left"] == []  # no copy of an evicted or replaced checkpoint left behind in the storage
     assert result["both_cache"] == [] and result["both_loaded"] == "TinyModel"  # nothing left locally; it loads back
+    assert result["wrong_bytes"] == []  # with the server's copies slowed down, each still holds its own bytes
+    assert len(result["checked"]) == 6  # 3 epoch files and 3 versions of last.ckpt, each checked when published
 
 
 
