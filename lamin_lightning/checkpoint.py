@@ -77,6 +77,7 @@ class _FitState:
     ranks: dict[str, int] = field(default_factory=dict)
     warned: set[str] = field(default_factory=set)  # features whose wrong value type was reported in this fit
     pending_run: tuple[str, str] | None = None  # (uid, entry point) of the run `sync` makes: no database here
+    cloud: bool = False  # the instance's storage is in the cloud: lamindb places the bytes
 
     def forget(self, entry_id: str) -> None:
         self.ranks.pop(entry_id, None)
@@ -230,6 +231,7 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
         self._fit: _FitState | None = None
         self._scores: dict[str, tuple[Any, float]] = {}  # path -> (Lightning's score tensor, its float)
         self._made_at: dict[str, tuple[int, int]] = {}  # path -> (epoch, global step) when it was saved
+        self._prepared: tuple[str, Entry, dict[str, int]] | None = None  # (path, entry, ranks) built before a hand-off
         self._restored = False  # Lightning restored this callback's state from a checkpoint
         self._io: LaminCheckpointIO | None = None
 
@@ -342,7 +344,7 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
     publisher = Publisher(folder, background=background, strict=self.strict, on_done=self._published,
                           store=Store(folder, verbose=self.verbose))
     self._fit = _FitState(features=features, publisher=publisher, trainer=trainer, run=run, own_run=run is not None
-                          and run is not ln.context.run)
+                          and run is not ln.context.run, cloud=storage_root() is None)
     return self._fit
 
 
@@ -357,7 +359,7 @@ def _start_deferred_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
                    f"{folder}` where the database is reachable.")
     publisher = Publisher(folder, deferred=True, store=Store(folder, verbose=self.verbose))
     self._fit = _FitState(features=FitFeatures.by_name(self._artifact_values), publisher=publisher, trainer=trainer,
-                          pending_run=(base62_20(), entry_point()))
+                          pending_run=(base62_20(), entry_point()), cloud=storage_root() is None)
     return self._fit
 
 
@@ -491,7 +493,8 @@ def _entry(self: Checkpoint, op: Literal["save", "remove"], kind: ArtifactKind, 
     path = "" if remote else os.path.abspath(filepath)  # Lightning's path may be relative to the working directory
     entry = Entry(op, key, kind=kind, path=path, remote=remote, run=uid, transform=transform, **kwargs)
     if op == "save":
-        entry.stored = stored_path(entry, filepath, cloud=storage_root() is None, key_is_virtual=self.key_is_virtual)
+        cloud = self._fit.cloud if self._fit is not None else storage_root() is None  # known per fit: no file lookups
+        entry.stored = stored_path(entry, filepath, cloud=cloud, key_is_virtual=self.key_is_virtual)
     return entry
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b311
@@ -506,12 +509,11 @@ def save_checkpoint_artifact(
     Returns the artifact, or `None` while it is pending (`async_publish`, or a store error)."""
     fit = self._start_fit(trainer)
     filepath = str(filepath)
-    key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
-    ranks = self._ranks()
-    values = self._checkpoint_values(trainer, filepath, ranks.get(filepath)) if feature_values is None \
-        else self._as_features(feature_values)
-    entry = self._entry("save", "checkpoint", key, filepath, description="model checkpoint",
-                        values={feature.id: value for feature, value in values.items()})
+    prepared, self._prepared = self._prepared, None
+    if prepared is not None and prepared[0] == filepath and feature_values is None:
+        entry, ranks = prepared[1:]
+    else:
+        entry, ranks = self._prepare(trainer, filepath, feature_values)
     entry.replaces = fit.entries.get(filepath)  # a re-saved path (last.ckpt): retired once the new one exists
     if entry.replaces is not None:
         fit.forget(entry.replaces)
@@ -525,6 +527,19 @@ def save_checkpoint_artifact(
         if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO) is downloaded once
             entry.path = str(copy or fetch_copy(entry.remote))
     return fit.publisher.submit(entry, written=written)
+
+
+@patch
+def _prepare(self: Checkpoint, trainer: pl.Trainer, filepath: str,
+             feature_values: dict[str | ln.Feature, Any] | None = None) -> tuple[Entry, dict[str, int]]:
+    "A checkpoint's entry (key, features) and Lightning's ranks, from the state Lightning set before saving it."
+    key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
+    ranks = self._ranks()
+    values = self._checkpoint_values(trainer, filepath, ranks.get(filepath)) if feature_values is None \
+        else self._as_features(feature_values)
+    entry = self._entry("save", "checkpoint", key, filepath, description="model checkpoint",
+                        values={feature.id: value for feature, value in values.items()})
+    return entry, ranks
 
 
 @patch
@@ -554,6 +569,8 @@ def save_config_artifact(self: Checkpoint, trainer: pl.Trainer, config_path: Pat
 def _save_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> None:
     publisher = self._fit.publisher if self._fit is not None else None
     with publisher.yielding() if publisher is not None else nullcontext():
+        if publisher is not None and self._io is not None and self._io.asynchronous and trainer.is_global_zero:
+            self._prepared = (filepath, *self._prepare(trainer, filepath))  # before the IO thread wakes up (see above)
         ArtifactPublishingModelCheckpoint._save_checkpoint(self, trainer, filepath)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b312
