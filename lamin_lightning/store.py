@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/store.html.md"""
 # %% auto #0
 __all__ = ['PART_SIZE', 'HOLD_SECONDS', 'storage_root', 'register_managed', 'quiet_lamindb', 'Store', 'write_transaction',
            's3_etags', 'server_copy', 'copy_in_cloud', 'script_transform', 'StoreError', 'redact', 'Publisher',
-           'Report', 'journals', 'replay', 'sync', 'main']
+           'lower_priority', 'Report', 'journals', 'replay', 'sync', 'main']
 
 # %% ../nbs/05_store.ipynb #d4e5f604
 import argparse
@@ -608,11 +608,22 @@ def _report(self: Publisher, entry: Entry, error: BaseException) -> None:
     self.failing = error
 
 
+def lower_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (on Linux a thread has a nice value of its own), so that on a
+    busy machine publishing gives way to training; elsewhere, or where it is not allowed, nothing changes."""
+    if sys.platform == "linux":
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # a sandbox that refuses it: publishing runs at training's priority
+            pass
+
+
 @patch
 def _work(self: Publisher) -> None:
     from django.db import connection
 
     assert self._wake is not None
+    lower_priority()
     try:
         with connection.execute_wrapper(self._hold):
             self._serve()
