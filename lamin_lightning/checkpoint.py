@@ -438,20 +438,22 @@ def _user_values(self: Checkpoint, trainer: pl.Trainer) -> dict[ln.Feature, Any]
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b310
 @patch
+def _score(self: Checkpoint, path: str) -> float:
+    """The float of Lightning's score of `path`, one of its best_k_models. A tensor's `float()` costs microseconds and
+    releases the GIL (see above), so it is taken once per checkpoint."""
+    value, cache = self.best_k_models[path], self._scores
+    known = cache.get(path)
+    if known is None or known[0] is not value:
+        known = cache[path] = (value, float(value))
+    return known[1]
+
+
+@patch
 def _ranks(self: Checkpoint) -> dict[str, int]:
     "Rank of each of Lightning's best_k_models, 0 = best."
-    cache = self._scores  # a tensor's float() costs microseconds: once per checkpoint
-    if len(cache) > 2 * len(self.best_k_models):
-        cache.clear()
-
-    def score(path: str) -> float:
-        value = self.best_k_models[path]
-        known = cache.get(path)
-        if known is None or known[0] is not value:
-            known = cache[path] = (value, float(value))
-        return known[1]
-
-    ordered = sorted(self.best_k_models, key=score, reverse=self.mode == "max")
+    if len(self._scores) > 2 * len(self.best_k_models):
+        self._scores.clear()
+    ordered = sorted(self.best_k_models, key=self._score, reverse=self.mode == "max")
     return {path: rank for rank, path in enumerate(ordered)}
 
 
@@ -459,10 +461,12 @@ def _ranks(self: Checkpoint) -> dict[str, int]:
 def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, rank: int | None) -> dict[ln.Feature, Any]:
     features = self._fit.features  # type: ignore[union-attr]
     pointer = filepath == self.best_link_path  # best.ckpt: the best's bytes and score; the flags stay with the best
-    score = self.best_k_models.get(self.best_model_path if pointer else filepath)
-    if score is None and self.monitor is not None:
-        score = trainer.callback_metrics.get(self.monitor)
-    score = float(score) if score is not None else None
+    scored = self.best_model_path if pointer else filepath
+    score = self.best_k_models.get(scored)
+    if score is not None:
+        score = self._score(scored)
+    elif self.monitor is not None and (metric := trainer.callback_metrics.get(self.monitor)) is not None:
+        score = float(metric)
     if not pointer:
         self._made_at[filepath] = (trainer.current_epoch, trainer.global_step)  # as in Lightning's file names
     epoch, step = self._made_at.get(self.best_model_path if pointer else filepath, (None, None))
