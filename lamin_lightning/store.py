@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/store.html.md"""
 
 # %% auto #0
 __all__ = ['PART_SIZE', 'HOLD_SECONDS', 'storage_root', 'register_managed', 'quiet_lamindb', 'Store', 'write_transaction',
-           's3_etags', 'server_copy', 'copy_in_cloud', 'script_transform', 'StoreError', 'redact', 'Publisher',
+           's3_etags', 'copy_target', 'copy_in_cloud', 'script_transform', 'StoreError', 'redact', 'Publisher',
            'lower_priority', 'Report', 'journals', 'replay', 'sync', 'main']
 
 # %% ../nbs/05_store.ipynb #d4e5f604
@@ -17,8 +17,8 @@ import queue
 import re
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -158,7 +158,7 @@ def skip(self: Store, entry: Entry) -> None:
     for path in placed:
         if path is not None:
             path.unlink(missing_ok=True)
-    if (copy := server_copy(entry)) is not None and self.copied(entry, copy):
+    if (copy := copy_target(entry)) is not None and self.copied(entry, copy):
         copy.unlink()
 
 
@@ -217,14 +217,15 @@ def s3_etags(path: Path) -> tuple[str, str]:
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}", whole.hexdigest()
 
 
-def server_copy(entry: Entry) -> Any | None:
+def copy_target(entry: Entry) -> Any | None:
     """Where the server puts the bytes of `entry`'s remote file in the instance's cloud storage: lamindb's managed path
     of its artifact. `None` unless both are on S3, the only object store whose copies are checked here."""
     if entry.remote is None or get_protocol(entry.remote) != "s3":
         return None
     root = ln_setup.settings.storage.root
-    return root / f"{MANAGED}/{entry.uid}{PurePosixPath(entry.remote).suffix}" if getattr(root, "protocol", None) == "s3" \
-        else None
+    if getattr(root, "protocol", None) != "s3":
+        return None
+    return root / f"{MANAGED}/{entry.uid}{PurePosixPath(entry.remote).suffix}"
 
 
 def copy_in_cloud(url: str, local: Path, copy: Any) -> bool:
@@ -276,7 +277,8 @@ def _create(self: Store, entry: Entry) -> tuple[ln.Artifact, bool]:
         if not managed or not target.exists():
             place_file(path, target)
         path = target
-    elif (copy := server_copy(entry)) is not None and (self.copied(entry, copy) or copy_in_cloud(entry.remote, path, copy)):
+    elif (copy := copy_target(entry)) is not None and \
+            (self.copied(entry, copy) or copy_in_cloud(entry.remote, path, copy)):
         managed, path, copied = True, copy, copy  # the server copied the remote file: nothing to upload
     artifact = register_managed(path, **options) if managed else ln.Artifact(path, **options)
     is_new = artifact._state.adding
@@ -457,7 +459,7 @@ def _place(self: Publisher, entry: Entry) -> None:
     storage) wait next to the journal."""
     if entry.op != "save":
         return
-    if not self.deferred and (copy := server_copy(entry)) is not None:  # a remote file, on the same object store:
+    if not self.deferred and (copy := copy_target(entry)) is not None:  # a remote file, on the same object store:
         if self._copier is None:  # the server copies it in the background; the file is not written again before
             self._copier = ThreadPoolExecutor(1, thread_name_prefix="lamin_lightning-copy")  # (`settle`)
         future = self._copier.submit(_server_copy, entry.remote, copy)
