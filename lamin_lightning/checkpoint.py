@@ -440,7 +440,7 @@ def _user_values(self: Checkpoint, trainer: pl.Trainer) -> dict[ln.Feature, Any]
 @patch
 def _score(self: Checkpoint, path: str) -> float:
     """The float of Lightning's score of `path`, one of its best_k_models. A tensor's `float()` costs microseconds and
-    releases the GIL (see above), so it is taken once per checkpoint."""
+    releases the GIL (see `_save_checkpoint` below), so it is taken once per checkpoint."""
     value, cache = self.best_k_models[path], self._scores
     known = cache.get(path)
     if known is None or known[0] is not value:
