@@ -212,7 +212,7 @@ def s3_etags(path: Path) -> tuple[str, str]:
         while chunk := file.read(PART_SIZE):
             whole.update(chunk)
             parts.append(hashlib.md5(chunk).digest())
-    if len(parts) < 2 or path.stat().st_size < 2 * PART_SIZE:
+    if path.stat().st_size < 2 * PART_SIZE:  # one PUT
         return whole.hexdigest(), whole.hexdigest()
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}", whole.hexdigest()
 
