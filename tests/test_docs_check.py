@@ -25,3 +25,16 @@ def test_display_cells_are_told_from_the_rest() -> None:
     assert not docs_check.is_display("x = 1")
     assert not docs_check.is_display("#| hide\ntable.head()")
     assert not docs_check.is_display("#| export\ndef f(): ...")
+
+
+def test_notebooks_process_for_quarto(tmp_path: Path) -> None:
+    "`nbdev-proc-nbs`, all that Quarto's input needs, runs every notebook's import and `show_doc` cells without error."
+    import os
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")} | {"LAMIN_SETTINGS_DIR": str(tmp_path)}
+    done = subprocess.run([str(Path(sys.executable).parent / "nbdev-proc-nbs")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (root / "_proc" / "07_checkpoint.ipynb").exists()
