@@ -57,7 +57,7 @@ def key_prefix(dirpath: _PATH | None, trainer: pl.Trainer, run_uid: str | None) 
 def artifact_key(base: str, filepath: _PATH, kind: ArtifactKind) -> str:
     "Key of a file: checkpoints and hparams under `{base}/checkpoints/`, the config under `{base}/`."
     prefix = (f"{base}/checkpoints" if base else "checkpoints") if kind in ("checkpoint", "hparams") else base
-    name = Path(filepath).name
+    name = os.path.basename(filepath)
     return f"{prefix}/{name}" if prefix else name
 
 # %% ../nbs/07_checkpoint.ipynb #37012e89
@@ -78,6 +78,8 @@ class _FitState:
     warned: set[str] = field(default_factory=set)  # features whose wrong value type was reported in this fit
     pending_run: tuple[str, str] | None = None  # (uid, entry point) of the run `sync` makes: no database here
     cloud: bool = False  # the instance's storage is in the cloud: lamindb places the bytes
+    key_base: str | None = None  # the base prefix of the fit's keys, once worked out
+    fixed: dict[int | str, Any] | None = None  # the values of the callback's settings, the same at every save
 
     def forget(self, entry_id: str) -> None:
         self.ranks.pop(entry_id, None)
@@ -260,7 +262,12 @@ def checkpoint_key_prefix(self: Checkpoint) -> str:
 @override
 def resolve_artifact_key(self: Checkpoint, trainer: pl.Trainer, filepath: Path | str, kind: ArtifactKind) -> str:
     "Key of a checkpoint, hparams or config file under this callback's base prefix."
-    return artifact_key(key_prefix(self._original_dirpath, trainer, self._run_uid()), filepath, kind)
+    fit = self._fit
+    if fit is None or fit.trainer is not trainer:
+        return artifact_key(key_prefix(self._original_dirpath, trainer, self._run_uid()), filepath, kind)
+    if fit.key_base is None:  # the same for every file of a fit: worked out once, not at each save
+        fit.key_base = key_prefix(self._original_dirpath, trainer, self._run_uid())
+    return artifact_key(fit.key_base, filepath, kind)
 
 
 @patch
@@ -307,6 +314,9 @@ def setup(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule, 
     self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
     self._io.before_remove = self._keep_bytes
     self._io.before_write = self._settle_remote
+    if (alias := self._state_alias) is not None:  # the IO adds that state to each checkpoint, sharing the object:
+        alias.in_io = True  # AsyncCheckpointIO then clones its tensors once
+        self._io.aliases[alias.state_key] = self.state_key
     self._io.loaded = None
     wrapped = type(self._io.wrapped).__name__
     if not self._io.asynchronous and "async" in wrapped.lower():
@@ -458,8 +468,10 @@ def _ranks(self: Checkpoint) -> dict[str, int]:
 
 
 @patch
-def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, rank: int | None) -> dict[ln.Feature, Any]:
-    features = self._fit.features  # type: ignore[union-attr]
+def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, rank: int | None) -> dict[int | str, Any]:
+    "`{feature id: value}` of a checkpoint at this save: ours, then the user's."
+    fit = self._fit
+    features = fit.features  # type: ignore[union-attr]
     pointer = filepath == self.best_link_path  # best.ckpt: the best's bytes and score; the flags stay with the best
     scored = self.best_model_path if pointer else filepath
     score = self.best_k_models.get(scored)
@@ -470,13 +482,17 @@ def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, ran
     if not pointer:
         self._made_at[filepath] = (trainer.current_epoch, trainer.global_step)  # as in Lightning's file names
     epoch, step = self._made_at.get(self.best_model_path if pointer else filepath, (None, None))
-    values = features.values(features.auto, dict(
+    if fit.fixed is None:  # the callback's settings: checked once per fit
+        fit.fixed = features.ids(features.auto, dict(
+            save_weights_only=self.save_weights_only, monitor=self.monitor, mode=self.mode))
+    values = features.ids(features.auto, dict(
         is_best_model=filepath == self.best_model_path, is_last_model=not pointer,
         score=score if score is not None and abs(score) != float("inf") and score == score else None,
-        model_rank=rank, save_weights_only=self.save_weights_only, monitor=self.monitor, mode=self.mode,
-        epoch=epoch, step=step,
-    ))
-    return values | self._user_values(trainer)
+        model_rank=rank, epoch=epoch, step=step,
+    )) | fit.fixed
+    if self._artifact_values:
+        values |= {feature.id: value for feature, value in self._user_values(trainer).items()}
+    return values
 
 
 @patch
@@ -540,9 +556,8 @@ def _prepare(self: Checkpoint, trainer: pl.Trainer, filepath: str,
     key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
     ranks = self._ranks()
     values = self._checkpoint_values(trainer, filepath, ranks.get(filepath)) if feature_values is None \
-        else self._as_features(feature_values)
-    entry = self._entry("save", "checkpoint", key, filepath, description="model checkpoint",
-                        values={feature.id: value for feature, value in values.items()})
+        else {feature.id: value for feature, value in self._as_features(feature_values).items()}
+    entry = self._entry("save", "checkpoint", key, filepath, description="model checkpoint", values=values)
     return entry, ranks
 
 

@@ -10,7 +10,7 @@ __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', '
            'require_instance', 'database_reachable']
 
 # %% ../nbs/03_features.ipynb #ec56ea34
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -70,27 +70,35 @@ def parse_feature_spec(features: FeatureSpec | None) -> tuple[dict[str, Any], di
     return dict(features.get("run") or {}), dict(features.get("artifact") or {})
 
 # %% ../nbs/03_features.ipynb #49c8153f
-_SCALAR_DTYPES: Final = {"bool", "int", "float", "num", "str"}
-
-
 def _plain(value: Any) -> Any:
     "Python scalar from a tensor or numpy scalar."
+    if type(value) in _PYTHON_SCALARS:  # the common case, without an attribute lookup that fails
+        return value
     if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
         return value.item()
     return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_PYTHON_SCALARS: Final = (bool, int, float, str)
+_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {  # the Python values each scalar dtype stores
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": _is_number,
+    "num": _is_number,
+    "str": lambda v: isinstance(v, str),
+}
+_SCALAR_DTYPES: Final = frozenset(_CHECKS)
 
 
 def coerce_value(feature: ln.Feature, value: Any) -> Any:
     "`value` as the Python type `feature`'s dtype stores; `TypeError` naming the feature if it does not fit."
     value = _plain(value)
     dtype = feature.dtype_as_str
-    ok = {
-        "bool": lambda v: isinstance(v, bool),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "num": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }.get(dtype)
+    ok = _CHECKS.get(dtype)
     if ok is None:
         return value  # categorical, date, dict, ...: lamindb validates these itself
     if dtype == "int" and isinstance(value, float) and value.is_integer():
@@ -143,6 +151,14 @@ class FitFeatures:
     def values(self, records: Mapping[str, ln.Feature], values: Mapping[str, Any]) -> dict[ln.Feature, Any]:
         "Checked `{feature: value}` for the names in `records`; `None` values are skipped."
         return {records[n]: coerce_value(records[n], v) for n, v in values.items() if n in records and v is not None}
+
+    def ids(self, records: Mapping[str, ln.Feature], values: Mapping[str, Any]) -> dict[int | str, Any]:
+        "As `values`, keyed by feature id as journal entries are: no record is hashed (this runs at every save)."
+        checked: dict[int | str, Any] = {}
+        for name, value in values.items():
+            if value is not None and (feature := records.get(name)) is not None:
+                checked[feature.id] = coerce_value(feature, value)
+        return checked
 
 # %% ../nbs/03_features.ipynb #nm0f0002
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def stored_path(entry: Entry, filepath: str | Path, *, cloud: bool, key_is_virtu
     "Where `entry`'s bytes go, relative to the storage root; `None` when lamindb uploads them (cloud storage)."
     if cloud:
         return None
-    return f"{MANAGED}/{entry.uid}{Path(filepath).suffix}" if key_is_virtual else entry.key
+    return f"{MANAGED}/{entry.uid}{os.path.splitext(filepath)[1]}" if key_is_virtual else entry.key
 
 
 def place_file(source: str | Path, target: Path) -> None:

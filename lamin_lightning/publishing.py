@@ -75,6 +75,7 @@ class ArtifactPublishingModelCheckpoint(ModelCheckpoint):
         self._latest_artifacts: dict[str, Any | None] = dict.fromkeys(ARTIFACT_KINDS)
         self._last_artifact_event: ArtifactSavedEvent | ArtifactRemovedEvent | None = None
         self._hparams_saved = False
+        self._state_alias: Callback | None = None  # the companion with plain `ModelCheckpoint`'s state key (below)
 
 # %% ../nbs/02_publishing.ipynb #f0a1b202
 @patch(as_prop=True)
@@ -213,7 +214,7 @@ def _emit(self: ArtifactPublishingModelCheckpoint, event: ArtifactSavedEvent | A
 def setup(self: ArtifactPublishingModelCheckpoint, trainer: pl.Trainer, pl_module: pl.LightningModule,
           stage: str) -> None:
     super(ArtifactPublishingModelCheckpoint, self).setup(trainer, pl_module, stage)
-    add_state_alias(self, trainer)
+    self._state_alias = add_state_alias(self, trainer)
     if stage == "fit":
         self._hparams_saved = False  # a callback reused for another fit publishes that fit's hparams too
 
@@ -311,6 +312,7 @@ class _PlainStateAlias(Callback):
 
     def __init__(self, owner: ModelCheckpoint) -> None:
         self.owner = owner
+        self.in_io = False  # the trainer's CheckpointIO writes the owner's state under this key too: nothing to dump
 
     @property
     @override
@@ -319,14 +321,20 @@ class _PlainStateAlias(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.owner.state_dict()
+        return {} if self.in_io else self.owner.state_dict()  # Lightning leaves an empty state out
 
 
-def add_state_alias(callback: ModelCheckpoint, trainer: pl.Trainer) -> None:
-    "Give `callback`'s state plain `ModelCheckpoint`'s key too, unless a callback in `trainer` has that key."
+def add_state_alias(callback: ModelCheckpoint, trainer: pl.Trainer) -> _PlainStateAlias | None:
+    """Give `callback`'s state plain `ModelCheckpoint`'s key too, unless another callback in `trainer` has that key;
+    returns the companion callback."""
     key = plain_state_key(callback)
-    if key != callback.state_key and all(c.state_key != key for c in trainer.callbacks):
-        trainer.callbacks.append(_PlainStateAlias(callback))
+    if key == callback.state_key:
+        return None
+    holder = next((c for c in trainer.callbacks if c.state_key == key), None)
+    if holder is None:
+        holder = _PlainStateAlias(callback)
+        trainer.callbacks.append(holder)
+    return holder if isinstance(holder, _PlainStateAlias) and holder.owner is callback else None
 
 
 @patch

@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/references.html.md"""
 
 # %% auto #0
 __all__ = ['SCHEME', 'CHUNK', 'is_reference', 'Reference', 'ReferenceNotFound', 'resolve', 'local_path', 'LaminFileSystem',
-           'hash_bytes', 'save_hashed', 'save_copied', 'fetch_copy', 'Loaded', 'LaminCheckpointIO',
+           'hash_bytes', 'save_hashed', 'save_copied', 'fetch_copy', 'with_aliases', 'Loaded', 'LaminCheckpointIO',
            'read_references_in_cli']
 
 # %% ../nbs/06_references.ipynb #f6a00004
@@ -15,6 +15,7 @@ import io
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -236,6 +237,16 @@ class _Write(threading.Event):
             self.set()
 
 
+def with_aliases(checkpoint: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
+    """`checkpoint` with each callback state of `aliases` (`{alias key: key}`) also under its alias key: the same
+    object, which `torch.save` writes once."""
+    states = checkpoint.get("callbacks")
+    if not aliases or not isinstance(states, dict):
+        return checkpoint
+    added = {alias: states[key] for alias, key in aliases.items() if key in states and alias not in states}
+    return {**checkpoint, "callbacks": {**states, **added}} if added else checkpoint
+
+
 def _key(path: _PATH) -> str:
     "A file's key in the tables of writes: its URL, or its absolute local path."
     return str(path) if is_remote(path) else os.path.abspath(path)
@@ -254,12 +265,13 @@ class _Completion(CheckpointIO):
     "The IO inside `AsyncCheckpointIO`, wrapped so that each finished write marks itself complete."
 
     def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None, Path | None], None],
-                 before: Callable[[str], None]) -> None:
-        self.inner, self.done, self.before = inner, done, before
+                 before: Callable[[str], None], aliases: Mapping[str, str]) -> None:
+        self.inner, self.done, self.before, self.aliases = inner, done, before, aliases
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         error, stats, copy = None, None, None
+        checkpoint = with_aliases(checkpoint, self.aliases)  # here, after AsyncCheckpointIO cloned the tensors once
         try:
             if is_remote(path):
                 self.before(str(path))
@@ -294,12 +306,13 @@ class LaminCheckpointIO(CheckpointIO):
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
         self.before_write: Callable[[str], None] | None = None  # waits for what still reads a remote file's bytes
+        self.aliases: dict[str, str] = {}  # {alias key: key} of callback states each checkpoint carries twice
         self._writes: dict[str, list[_Write]] = {}
         self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
         # local copy of a remote file) of its last complete write, until taken
         self._lock = threading.Lock()
         if self.asynchronous and not isinstance(wrapped._checkpoint_io, _Completion):
-            wrapped._checkpoint_io = _Completion(wrapped.checkpoint_io, self._complete, self._before_write)
+            wrapped._checkpoint_io = _Completion(wrapped.checkpoint_io, self._complete, self._before_write, self.aliases)
 
     @classmethod
     def install(cls, strategy: Any) -> "LaminCheckpointIO":
@@ -346,7 +359,9 @@ class LaminCheckpointIO(CheckpointIO):
             with self._lock:
                 self._writes.setdefault(_key(path), []).append(_Write())
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
-        elif is_remote(path):
+            return
+        checkpoint = with_aliases(checkpoint, self.aliases)
+        if is_remote(path):
             self._before_write(str(path))
             stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
             self._last[_key(path)] = (stats, None, copy)

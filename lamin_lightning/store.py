@@ -378,6 +378,7 @@ class Publisher:
         deferred: bool = False,
     ) -> None:
         self.home = Path(home)
+        self._home = os.path.abspath(home)
         self.strict = strict
         self.deferred = deferred  # the database is out of reach: record only, and keep the bytes next to the journal
         self.superseded: set[str] = set()  # entries a later one re-saved or evicted: only their sibling changes count
@@ -517,14 +518,14 @@ def _relative(self: Publisher, entry: Entry) -> None:
     "Make `entry.path` relative to the folder, staging a file that lies outside it."
     if not entry.path:
         return
-    relative = os.path.relpath(os.path.abspath(self.home / entry.path), self.home)
+    relative = os.path.relpath(os.path.join(self._home, entry.path), self._home)  # strings: at every save
     if relative.split(os.sep)[0] == "..":
         if entry.op == "remove":  # nothing to read: the path only tells which file went
             relative = ""
         else:
             relative = str(Path(STAGING) / f"{entry.id}-{Path(entry.path).name}")
             place_file(self.home / entry.path, self.home / relative)
-    entry.path = Path(relative).as_posix() if relative else ""
+    entry.path = relative.replace(os.sep, "/") if relative else ""
 
 # %% ../nbs/05_store.ipynb #d4e5f618
 @patch
