@@ -314,8 +314,8 @@ def setup(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule, 
     self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
     self._io.before_remove = self._keep_bytes
     self._io.before_write = self._settle_remote
-    if (alias := self._state_alias) is not None:  # the IO adds that state to each checkpoint, sharing the object:
-        alias.in_io = True  # AsyncCheckpointIO then clones its tensors once
+    if (alias := self._state_alias) is not None and self._io.asynchronous:  # the IO thread adds the state under
+        alias.in_io = True  # plain ModelCheckpoint's key, as the same object: AsyncCheckpointIO clones its tensors once
         self._io.aliases[alias.state_key] = self.state_key
     self._io.loaded = None
     wrapped = type(self._io.wrapped).__name__

@@ -306,7 +306,7 @@ class LaminCheckpointIO(CheckpointIO):
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
         self.before_write: Callable[[str], None] | None = None  # waits for what still reads a remote file's bytes
-        self.aliases: dict[str, str] = {}  # {alias key: key} of callback states each checkpoint carries twice
+        self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
         self._writes: dict[str, list[_Write]] = {}
         self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
         # local copy of a remote file) of its last complete write, until taken
@@ -359,9 +359,7 @@ class LaminCheckpointIO(CheckpointIO):
             with self._lock:
                 self._writes.setdefault(_key(path), []).append(_Write())
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
-            return
-        checkpoint = with_aliases(checkpoint, self.aliases)
-        if is_remote(path):
+        elif is_remote(path):
             self._before_write(str(path))
             stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
             self._last[_key(path)] = (stats, None, copy)
