@@ -12,6 +12,7 @@ import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -112,6 +113,18 @@ class _FitState:
                 change(entry_id, "model_rank", rank)
         self.ranks = new_ranks
         return changes
+
+
+@dataclass
+class _AtSave:
+    "Lightning's state when a checkpoint was saved, copied: a checkpoint's entry is built from it, on any thread."
+
+    best_k_models: dict[str, Any]
+    best_model_path: str
+    epoch: int
+    step: int
+    metrics: dict[str, Any]  # the logged metrics the entry reads (the monitored one for last.ckpt, the user's)
+    trainer_values: dict[str, Any]  # the user's features that are trainer attributes
 
 # %% ../nbs/07_checkpoint.ipynb #7d2f3d00
 class Checkpoint(ArtifactPublishingModelCheckpoint):
@@ -233,7 +246,7 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
         self._fit: _FitState | None = None
         self._scores: dict[str, tuple[Any, float]] = {}  # path -> (Lightning's score tensor, its float)
         self._made_at: dict[str, tuple[int, int]] = {}  # path -> (epoch, global step) when it was saved
-        self._prepared: tuple[str, Entry, dict[str, int]] | None = None  # (path, entry, ranks) built before a hand-off
+        self._taken: tuple[str, _AtSave] | None = None  # (path, Lightning's state) taken before a hand-off
         self._restored = False  # Lightning restored this callback's state from a checkpoint
         self._io: LaminCheckpointIO | None = None
 
@@ -429,13 +442,13 @@ def _warn_metric_types(self: Checkpoint, trainer: pl.Trainer, features: FitFeatu
 
 
 @patch
-def _user_values(self: Checkpoint, trainer: pl.Trainer) -> dict[ln.Feature, Any]:
+def _user_values(self: Checkpoint, at: _AtSave) -> dict[ln.Feature, Any]:
     "The user's artifact features at this save; a value that does not fit is skipped with one warning per fit."
     features = self._fit.features  # type: ignore[union-attr]
     values: dict[ln.Feature, Any] = {}
     for name, value in self._artifact_values.items():
         if value is None:
-            value = getattr(trainer, name) if hasattr(trainer, name) else trainer.callback_metrics.get(name)
+            value = at.trainer_values[name] if name in at.trainer_values else at.metrics.get(name)
         try:
             values |= features.values(features.user, {name: value})
         except TypeError as error:
@@ -448,50 +461,62 @@ def _user_values(self: Checkpoint, trainer: pl.Trainer) -> dict[ln.Feature, Any]
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b310
 @patch
-def _score(self: Checkpoint, path: str) -> float:
-    """The float of Lightning's score of `path`, one of its best_k_models. A tensor's `float()` costs microseconds and
-    releases the GIL (see `_save_checkpoint` below), so it is taken once per checkpoint."""
-    value, cache = self.best_k_models[path], self._scores
-    known = cache.get(path)
+def _score(self: Checkpoint, path: str, value: Any) -> float:
+    """The float of Lightning's score `value` of `path`, one of its best_k_models. A tensor's `float()` costs
+    microseconds and releases the GIL (see `_save_checkpoint` below), so it is taken once per checkpoint."""
+    known = self._scores.get(path)
     if known is None or known[0] is not value:
-        known = cache[path] = (value, float(value))
+        known = self._scores[path] = (value, float(value))
     return known[1]
 
 
 @patch
-def _ranks(self: Checkpoint) -> dict[str, int]:
-    "Rank of each of Lightning's best_k_models, 0 = best."
-    if len(self._scores) > 2 * len(self.best_k_models):
+def _ranks(self: Checkpoint, best_k_models: dict[str, Any] | None = None) -> dict[str, int]:
+    "Rank of each of Lightning's best_k_models (or of a copy taken at a save), 0 = best."
+    models = self.best_k_models if best_k_models is None else best_k_models
+    if len(self._scores) > 2 * len(models):
         self._scores.clear()
-    ordered = sorted(self.best_k_models, key=self._score, reverse=self.mode == "max")
+    ordered = sorted(models, key=lambda path: self._score(path, models[path]), reverse=self.mode == "max")
     return {path: rank for rank, path in enumerate(ordered)}
 
 
 @patch
-def _checkpoint_values(self: Checkpoint, trainer: pl.Trainer, filepath: str, rank: int | None) -> dict[int | str, Any]:
-    "`{feature id: value}` of a checkpoint at this save: ours, then the user's."
+def _at_save(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> _AtSave:
+    "Lightning's state at the save of `filepath`, copied: what its entry is built from, now or on the IO thread."
+    from_trainer = [n for n, v in self._artifact_values.items() if v is None and hasattr(trainer, n)]
+    logged = [n for n, v in self._artifact_values.items() if v is None and not hasattr(trainer, n)]
+    if self.monitor is not None and filepath not in self.best_k_models:  # last.ckpt: scored by the logged metric
+        logged.append(self.monitor)
+    metrics = trainer.callback_metrics if logged else {}
+    return _AtSave(dict(self.best_k_models), self.best_model_path, trainer.current_epoch, trainer.global_step,
+                   {n: metrics.get(n) for n in logged}, {n: getattr(trainer, n) for n in from_trainer})
+
+
+@patch
+def _checkpoint_values(self: Checkpoint, filepath: str, rank: int | None, at: _AtSave) -> dict[int | str, Any]:
+    "`{feature id: value}` of a checkpoint as it was at its save: ours, then the user's."
     fit = self._fit
     features = fit.features  # type: ignore[union-attr]
     pointer = filepath == self.best_link_path  # best.ckpt: the best's bytes and score; the flags stay with the best
-    scored = self.best_model_path if pointer else filepath
-    score = self.best_k_models.get(scored)
+    scored = at.best_model_path if pointer else filepath
+    score = at.best_k_models.get(scored)
     if score is not None:
-        score = self._score(scored)
-    elif self.monitor is not None and (metric := trainer.callback_metrics.get(self.monitor)) is not None:
+        score = self._score(scored, score)
+    elif (metric := at.metrics.get(self.monitor)) is not None:
         score = float(metric)
     if not pointer:
-        self._made_at[filepath] = (trainer.current_epoch, trainer.global_step)  # as in Lightning's file names
-    epoch, step = self._made_at.get(self.best_model_path if pointer else filepath, (None, None))
+        self._made_at[filepath] = (at.epoch, at.step)  # as in Lightning's file names
+    epoch, step = self._made_at.get(scored, (None, None))
     if fit.fixed is None:  # the callback's settings: checked once per fit
         fit.fixed = features.ids(features.auto, dict(
             save_weights_only=self.save_weights_only, monitor=self.monitor, mode=self.mode))
     values = features.ids(features.auto, dict(
-        is_best_model=filepath == self.best_model_path, is_last_model=not pointer,
+        is_best_model=filepath == at.best_model_path, is_last_model=not pointer,
         score=score if score is not None and abs(score) != float("inf") and score == score else None,
         model_rank=rank, epoch=epoch, step=step,
     )) | fit.fixed
     if self._artifact_values:
-        values |= {feature.id: value for feature, value in self._user_values(trainer).items()}
+        values |= {feature.id: value for feature, value in self._user_values(at).items()}
     return values
 
 
@@ -526,36 +551,50 @@ def save_checkpoint_artifact(
 ) -> ln.Artifact | None:
     """Journal a checkpoint, then store it with its features and the changed flags and ranks of its siblings.
 
-    Returns the artifact, or `None` while it is pending (`async_publish`, or a store error)."""
-    fit = self._start_fit(trainer)
+    Returns the artifact, or `None` while it is pending (`async_publish`, an asynchronous CheckpointIO, or a store
+    error)."""
+    self._start_fit(trainer)
     filepath = str(filepath)
-    prepared, self._prepared = self._prepared, None
-    if prepared is not None and prepared[0] == filepath and feature_values is None:
-        entry, ranks = prepared[1:]
-    else:
-        entry, ranks = self._prepare(trainer, filepath, feature_values)
+    taken, self._taken = self._taken, None
+    at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
+    written = self._io.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
+    work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
+    if self._io is not None and self._io.defer(work):  # on the IO thread, once the file is complete (see below)
+        return None
+    return work()
+
+
+@patch
+def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at: _AtSave,
+                        feature_values: dict[str | ln.Feature, Any] | None, written: Any | None) -> ln.Artifact | None:
+    "Build a checkpoint's entry from the state at its save, work out what changes for its siblings, and submit it."
+    fit = self._fit
+    entry, ranks = self._prepare(trainer, filepath, feature_values, at)
     entry.replaces = fit.entries.get(filepath)  # a re-saved path (last.ckpt): retired once the new one exists
     if entry.replaces is not None:
         fit.forget(entry.replaces)
     fit.entries[filepath] = entry.id
     fit.stored[entry.id] = entry.stored
     if filepath != self.best_link_path:  # best.ckpt is a stable path, not a newer checkpoint: no flag moves
-        entry.siblings = fit.sibling_changes(entry.id, ranks, self.best_model_path)
-    written = self._io.pending_write(filepath) if self._io is not None else None
-    if written is None and self._io is not None:
-        entry.stats, copy = self._io.take_written(filepath)
-        if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO) is downloaded once
-            entry.path = str(copy or fetch_copy(entry.remote))
+        entry.siblings = fit.sibling_changes(entry.id, ranks, at.best_model_path)
+    if self._io is not None:
+        stats, copy = self._io.take_written(filepath)  # what a write that completed without a hand-off left
+        if written is None:
+            entry.stats = stats
+            if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO): downloaded once
+                entry.path = str(copy or fetch_copy(entry.remote))
     return fit.publisher.submit(entry, written=written)
 
 
 @patch
 def _prepare(self: Checkpoint, trainer: pl.Trainer, filepath: str,
-             feature_values: dict[str | ln.Feature, Any] | None = None) -> tuple[Entry, dict[str, int]]:
-    "A checkpoint's entry (key, features) and Lightning's ranks, from the state Lightning set before saving it."
+             feature_values: dict[str | ln.Feature, Any] | None = None,
+             at: _AtSave | None = None) -> tuple[Entry, dict[str, int]]:
+    "A checkpoint's entry (key, features) and Lightning's ranks, from the state at its save (`at`, else now)."
+    at = at or self._at_save(trainer, filepath)
     key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
-    ranks = self._ranks()
-    values = self._checkpoint_values(trainer, filepath, ranks.get(filepath)) if feature_values is None \
+    ranks = self._ranks(at.best_k_models)
+    values = self._checkpoint_values(filepath, ranks.get(filepath), at) if feature_values is None \
         else {feature.id: value for feature, value in self._as_features(feature_values).items()}
     entry = self._entry("save", "checkpoint", key, filepath, description="model checkpoint", values=values)
     return entry, ranks
@@ -589,14 +628,23 @@ def _save_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> No
     publisher = self._fit.publisher if self._fit is not None else None
     with publisher.yielding() if publisher is not None else nullcontext():
         if publisher is not None and self._io is not None and self._io.asynchronous and trainer.is_global_zero:
-            self._prepared = (filepath, *self._prepare(trainer, filepath))  # before the IO thread wakes up (see above)
+            self._taken = (filepath, self._at_save(trainer, filepath))  # before the IO thread wakes up (see above)
         ArtifactPublishingModelCheckpoint._save_checkpoint(self, trainer, filepath)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b312
 @patch
 @override
 def remove_checkpoint_artifact(self: Checkpoint, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
-    "Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay."
+    """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
+    asynchronous CheckpointIO, on its thread after the writes handed over before."""
+    work = partial(self._retire, trainer, filepath)
+    if self._io is not None and self._io.defer(work):
+        return None
+    return work()
+
+
+@patch
+def _retire(self: Checkpoint, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
     key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
     fit = self._fit
     entry_id = fit.entries.pop(str(filepath), None) if fit is not None else None
@@ -717,6 +765,8 @@ def _link_best(self: Checkpoint, trainer: pl.Trainer) -> None:
 def on_train_end(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     super(Checkpoint, self).on_train_end(trainer, pl_module)  # may save last.ckpt
     if self._fit is not None:
+        if self._io is not None:
+            self._io.drain()  # every entry built and submitted
         self._fit.publisher.flush()
 
 
@@ -740,9 +790,13 @@ def teardown(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModul
 
 @patch
 def _close_fit(self: Checkpoint, failed: bool = False) -> None:
-    fit, self._fit = self._fit, None
-    if fit is None:
+    if self._fit is None:
         return
+    try:
+        if self._io is not None:
+            self._io.drain(raise_error=not failed)  # a failed fit's own exception is the one to see
+    finally:
+        fit, self._fit = self._fit, None
     try:
         fit.publisher.close()
     finally:

@@ -17,6 +17,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ from typing_extensions import override
 
 from .features import database_reachable, require_instance
 from .journal import is_remote, remote_copy
+from .observers import log
 
 # %% ../nbs/06_references.ipynb #f6a00008
 SCHEME = "lamin://"
@@ -308,6 +310,8 @@ class LaminCheckpointIO(CheckpointIO):
         self.before_write: Callable[[str], None] | None = None  # waits for what still reads a remote file's bytes
         self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
         self._writes: dict[str, list[_Write]] = {}
+        self._handed: dict[str, _Write] = {}  # file -> its newest asynchronous write, until its entry takes it
+        self.deferred_error: BaseException | None = None  # of work deferred to the writing thread, until raised
         self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
         # local copy of a remote file) of its last complete write, until taken
         self._lock = threading.Lock()
@@ -330,6 +334,41 @@ class LaminCheckpointIO(CheckpointIO):
         with self._lock:
             writes = [w for w in self._writes.get(_key(path), []) if not w.is_set()]
         return writes[-1] if writes else None
+
+    def handed(self, path: _PATH) -> _Write | None:
+        "The newest asynchronous write of `path`, complete or not, once: its entry publishes the bytes it wrote."
+        return self._handed.pop(_key(path), None) if self.asynchronous else None
+
+    def defer(self, work: Callable[[], Any]) -> bool:
+        """Run `work` on `AsyncCheckpointIO`'s thread, after every write handed over so far; `False` (nothing run) for
+        a synchronous IO, or before the first write. Raises the error of earlier deferred work."""
+        self._raise_deferred()
+        executor = self.wrapped._executor if self.asynchronous else None
+        if executor is None:
+            return False
+        executor.submit(self._run_deferred, work)
+        return True
+
+    def _run_deferred(self, work: Callable[[], Any]) -> None:
+        try:
+            work()
+        except BaseException as error:  # raised on the training thread, at its next deferral or `drain`
+            self.deferred_error = self.deferred_error or error
+
+    def _raise_deferred(self) -> None:
+        if (error := self.deferred_error) is not None:
+            self.deferred_error = None
+            raise error
+
+    def drain(self, raise_error: bool = True) -> None:
+        "Wait until the deferred work is done; raise its first error (else only log it)."
+        executor = self.wrapped._executor if self.asynchronous else None
+        if executor is not None:
+            executor.submit(lambda: None).result()  # one thread, in order: everything before it is done
+        if not raise_error and self.deferred_error is not None:
+            log.error("lamin_lightning: %s", self.deferred_error)
+            self.deferred_error = None
+        self._raise_deferred()
 
     def take_written(self, path: _PATH) -> tuple[dict[str, Any] | None, Path | None]:
         """What the last complete write of `path` left: the size and hash of its bytes (if taken as they were written
@@ -356,8 +395,10 @@ class LaminCheckpointIO(CheckpointIO):
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         if self.asynchronous:
+            key, write = _key(path), _Write()
             with self._lock:
-                self._writes.setdefault(_key(path), []).append(_Write())
+                self._writes.setdefault(key, []).append(write)
+            self._handed[key] = write
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
         elif is_remote(path):
             self._before_write(str(path))
@@ -374,10 +415,15 @@ class LaminCheckpointIO(CheckpointIO):
 
     @override
     def remove_checkpoint(self, path: _PATH) -> None:
+        "Delete `path` once its writes are complete: under `AsyncCheckpointIO` on its thread, after them."
+        if not self.defer(partial(self._remove, path, deferred=True)):
+            self._remove(path)
+
+    def _remove(self, path: _PATH, deferred: bool = False) -> None:
         if self.before_remove is not None:
             self.before_remove(str(path))
-        while (write := self.pending_write(path)) is not None:
-            write.wait()
+        while not deferred and (write := self.pending_write(path)) is not None:  # deferred: the writes before are
+            write.wait()  # done, and waiting for a later write of the same path on its own thread would never end
         self.wrapped.remove_checkpoint(path)
 
     @override

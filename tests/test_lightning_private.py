@@ -22,6 +22,21 @@ def test_async_checkpoint_io_writes_through_its_inner_io(tmp_path) -> None:
     assert io.pending_write(path) is None and torch.load(path)["x"].sum() == 2
 
 
+def test_async_checkpoint_io_runs_work_in_order_on_its_executor(tmp_path) -> None:
+    from lamin_lightning.references import LaminCheckpointIO
+
+    outer = AsyncCheckpointIO(TorchCheckpointIO())
+    io = LaminCheckpointIO(outer)
+    assert outer._executor is None and not io.defer(lambda: None)  # nothing to run after before the first write
+    path, seen = tmp_path / "a.ckpt", []
+    io.save_checkpoint({"x": torch.ones(2)}, path)
+    assert outer._executor is not None  # the attribute `defer` and `drain` use: one thread, in submission order
+    assert io.defer(lambda: seen.append(path.exists()))
+    io.drain()
+    assert seen == [True]  # ran after the write handed over before it
+    outer.teardown()
+
+
 def test_lightning_cli_reads_ckpt_path_hyperparameters_only_from_files() -> None:
     import lamin_lightning.references  # noqa: F401  (wraps LightningCLI._parse_ckpt_path)
 
