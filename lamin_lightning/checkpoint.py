@@ -569,6 +569,8 @@ def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at
                         feature_values: dict[str | ln.Feature, Any] | None, written: Any | None) -> ln.Artifact | None:
     "Build a checkpoint's entry from the state at its save, work out what changes for its siblings, and submit it."
     fit = self._fit
+    if written is not None:  # on the IO thread: not while training hands the next checkpoint over
+        fit.publisher.after_hand_off()
     entry, ranks = self._prepare(trainer, filepath, feature_values, at)
     entry.replaces = fit.entries.get(filepath)  # a re-saved path (last.ckpt): retired once the new one exists
     if entry.replaces is not None:

@@ -659,6 +659,12 @@ def _hold(self: Publisher, execute: Callable[..., Any], sql: str, params: Any, m
 
 
 @patch
+def after_hand_off(self: Publisher) -> None:
+    "Wait, briefly, while training is in `yielding()`: for work of ours on another thread that holds the GIL."
+    self._open.wait(HOLD_SECONDS)
+
+
+@patch
 @contextmanager
 def yielding(self: Publisher) -> Iterator[None]:
     """A block in which the worker starts no database statement (each waits at most `HOLD_SECONDS`), so that
