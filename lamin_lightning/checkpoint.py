@@ -580,7 +580,7 @@ def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at
     if filepath != self.best_link_path:  # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         entry.siblings = fit.sibling_changes(entry.id, ranks, at.best_model_path)
     if self._io is not None:
-        stats, copy = self._io.take_written(filepath)  # what a write that completed without a hand-off left
+        stats, copy = self._io.take_written(filepath)  # taken in any case: a remote write leaves its copy here too
         if written is None:
             entry.stats = stats
             if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO): downloaded once

@@ -343,11 +343,14 @@ class LaminCheckpointIO(CheckpointIO):
         """Run `work` on `AsyncCheckpointIO`'s thread, after every write handed over so far; `False` (nothing run) for
         a synchronous IO, or before the first write. Raises the error of earlier deferred work."""
         self._raise_deferred()
-        executor = self.wrapped._executor if self.asynchronous else None
-        if executor is None:
+        if (executor := self._executor()) is None:
             return False
         executor.submit(self._run_deferred, work)
         return True
+
+    def _executor(self) -> Any | None:
+        "`AsyncCheckpointIO`'s thread pool (one thread), once its first write made it."
+        return self.wrapped._executor if self.asynchronous else None
 
     def _run_deferred(self, work: Callable[[], Any]) -> None:
         try:
@@ -362,8 +365,7 @@ class LaminCheckpointIO(CheckpointIO):
 
     def drain(self, raise_error: bool = True) -> None:
         "Wait until the deferred work is done; raise its first error (else only log it)."
-        executor = self.wrapped._executor if self.asynchronous else None
-        if executor is not None:
+        if (executor := self._executor()) is not None:
             executor.submit(lambda: None).result()  # one thread, in order: everything before it is done
         if not raise_error and self.deferred_error is not None:
             log.error("lamin_lightning: %s", self.deferred_error)

@@ -1,6 +1,7 @@
 """The private Lightning pieces the package uses, each in one place: these fail when Lightning changes them."""
 import inspect
 
+import pytest
 import torch
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
@@ -34,6 +35,10 @@ def test_async_checkpoint_io_runs_work_in_order_on_its_executor(tmp_path) -> Non
     assert io.defer(lambda: seen.append(path.exists()))
     io.drain()
     assert seen == [True]  # ran after the write handed over before it
+    assert io.defer(lambda: 1 / 0)  # an error of deferred work reaches the training thread at `drain`
+    with pytest.raises(ZeroDivisionError):
+        io.drain()
+    io.drain()  # raised once
     outer.teardown()
 
 
