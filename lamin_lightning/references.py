@@ -218,25 +218,28 @@ class _Write(threading.Event):
         self.error: BaseException | None = None
         self.stats: dict[str, Any] | None = None  # size and hash of the bytes, when taken as they were written
         self.copy: Path | None = None  # the local copy of a remote file's bytes
+        self.held: dict[str, Any] | None = None  # the checkpoint as handed over, until the write is complete
         self._callbacks: list[Callable[[BaseException | None], None]] = []
+        self._over = False  # the callbacks were taken: later ones are refused
         self._guard = threading.Lock()
 
     def when_done(self, callback: Callable[[BaseException | None], None]) -> bool:
         """Call `callback(error)` in the writing thread right after the write (`error` is `None` when it succeeded),
-        before the next write of the same file can start; `False` if the write is over already (the file then holds
-        its bytes until the caller moves on)."""
+        before the next write can start; `False` if the write is over already (the file then holds its bytes until
+        the caller moves on)."""
         with self._guard:
-            if self.is_set():
+            if self._over:
                 return False
             self._callbacks.append(callback)
             return True
 
     def complete(self, error: BaseException | None, stats: dict[str, Any] | None = None, copy: Path | None = None) -> None:
+        self.error, self.stats, self.copy, self.held = error, stats, copy, None  # freed here, not by training
         with self._guard:
-            self.error, self.stats, self.copy = error, stats, copy
-            for callback in self._callbacks:
-                callback(error)
-            self.set()
+            self._over, callbacks = True, self._callbacks
+        for callback in callbacks:  # outside the guard: `when_done` on the training thread never waits for them
+            callback(error)
+        self.set()
 
 
 def with_aliases(checkpoint: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
@@ -311,6 +314,7 @@ class LaminCheckpointIO(CheckpointIO):
         self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
         self._writes: dict[str, list[_Write]] = {}
         self._handed: dict[str, _Write] = {}  # file -> its newest asynchronous write, until its entry takes it
+        self._newest: _Write | None = None  # the last asynchronous write handed over, of any file
         self.deferred_error: BaseException | None = None  # of work deferred to the writing thread, until raised
         self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
         # local copy of a remote file) of its last complete write, until taken
@@ -345,7 +349,9 @@ class LaminCheckpointIO(CheckpointIO):
         self._raise_deferred()
         if (executor := self._executor()) is None:
             return False
-        executor.submit(self._run_deferred, work)
+        newest = self._newest
+        if newest is None or not newest.when_done(lambda _: self._run_deferred(work)):  # right after the newest write
+            executor.submit(self._run_deferred, work)  # it is over: a task of its own, behind everything handed over
         return True
 
     def _executor(self) -> Any | None:
@@ -400,7 +406,8 @@ class LaminCheckpointIO(CheckpointIO):
             key, write = _key(path), _Write()
             with self._lock:
                 self._writes.setdefault(key, []).append(write)
-            self._handed[key] = write
+            self._handed[key] = self._newest = write
+            write.held = checkpoint  # freed on the writing thread (see "The CheckpointIO")
             self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
         elif is_remote(path):
             self._before_write(str(path))
