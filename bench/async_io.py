@@ -49,6 +49,14 @@ class Repeated(TinyData):
         return DataLoader(self.data, batch_size=8, sampler=RandomSampler(self.data, num_samples=8 * self.steps))
 
 
+class Ours(ll.Checkpoint):
+    "Notes how many of its checkpoints were in LaminDB when training ended (the rest are published by `fit`'s end)."
+
+    def on_train_end(self, trainer, pl_module):
+        self.published_in_time = self._fit.publisher.published if self._fit is not None else 0
+        super().on_train_end(trainer, pl_module)
+
+
 def stale(prefix: str, folder: Path) -> int:
     "How many published checkpoints hold bytes other than the file's final bytes."
     artifacts = ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt")
@@ -62,6 +70,7 @@ def measure(root: Path, saves: int, width: int, rounds: int, every: int, with_la
     wall: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     turns: list[float] = []  # per round: ours' median over plain's
+    in_time: list[int] = []  # per round: our checkpoints in LaminDB when training ended
     root = root / f"width-{width}"  # a folder (and key prefix) of its own
     fit(ModelCheckpoint(dirpath=root / "warmup", **common), root, 3, width, every)  # memory of this size allocated once
     apart: list[float] = []  # seconds between saves, of plain's fits
@@ -71,7 +80,7 @@ def measure(root: Path, saves: int, width: int, rounds: int, every: int, with_la
         apart.append(fit(plain, root, saves, width, every))
         size = next((root / f"plain-{turn}").glob("*.ckpt")).stat().st_size / 1e6
         shutil.rmtree(root / f"plain-{turn}")
-        ours = timed(ll.Checkpoint)(dirpath=root / f"ours-{turn}", **common)
+        ours = timed(Ours)(dirpath=root / f"ours-{turn}", **common)
         fit(ours, root, saves, width, every)
         prefix = f"{root / f'ours-{turn}'}/checkpoints/"
         assert ln.Artifact.filter(key__startswith=prefix, suffix=".ckpt").count() == saves
@@ -81,6 +90,7 @@ def measure(root: Path, saves: int, width: int, rounds: int, every: int, with_la
             wall[name] += callback.save_seconds
             cpu[name] += callback.save_cpu_seconds
         turns.append(statistics.median(ours.save_seconds) / statistics.median(plain.save_seconds))
+        in_time.append(ours.published_in_time)
     crashed = ""
     if with_lamindb:
         from lamindb.integrations import lightning as lamindb_lightning
@@ -107,6 +117,8 @@ def measure(root: Path, saves: int, width: int, rounds: int, every: int, with_la
         print(f"{name:<30}{median * 1000:>9.2f}{median / base:>7.2f}x{median_cpu * 1000:>9.2f}"
               f"{median_cpu / base_cpu:>7.2f}x{stale_counts.get(name, '-'):>13}")
     print(f"wall-clock ratio of each round: {', '.join(f'{r:.2f}x' for r in turns)}")
+    print(f"lamin_lightning checkpoints already in LaminDB when training ended, of {saves}: "
+          f"{', '.join(map(str, in_time))} (the rest were published before `fit` returned)")
     if crashed:
         print(f"lamindb Checkpoint stopped training after {len(wall['lamindb Checkpoint'])} saves: {crashed}")
     shutil.rmtree(root, ignore_errors=True)
