@@ -408,7 +408,11 @@ class LaminCheckpointIO(CheckpointIO):
                 self._writes.setdefault(key, []).append(write)
             self._handed[key] = self._newest = write
             write.held = checkpoint  # freed on the writing thread (see "The CheckpointIO")
-            self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
+            try:
+                self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
+            except BaseException:  # maybe never queued: later work is deferred as tasks of its own, in order
+                self._newest = None
+                raise
         elif is_remote(path):
             self._before_write(str(path))
             stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
