@@ -276,8 +276,8 @@ class _Completion(CheckpointIO):
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         error, stats, copy = None, None, None
-        checkpoint = with_aliases(checkpoint, self.aliases)  # here, after AsyncCheckpointIO cloned the tensors once
-        try:
+        try:  # whatever fails, the write completes (with its error): work deferred after it runs in any case
+            checkpoint = with_aliases(checkpoint, self.aliases)  # here, after AsyncCheckpointIO cloned the tensors once
             if is_remote(path):
                 self.before(str(path))
                 stats, copy = save_copied(self.inner, checkpoint, str(path), storage_options)
