@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/fit.html.md"""
 # %% auto #0
 __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'entry_point', 'start_run', 'end_run']
 
-# %% ../nbs/07b_fit.ipynb #ckb160d8
+# %% ../nbs/07b_fit.ipynb #ckbd0d45
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -189,7 +189,7 @@ class _Keys(ArtifactPublishingModelCheckpoint):
         "The path of the artifact's bytes in the instance's storage."
         return str(artifact.path)
 
-# %% ../nbs/07b_fit.ipynb #ck3f5e40
+# %% ../nbs/07b_fit.ipynb #ckb22630
 @dataclass
 class _AtSave:
     "Lightning's state when a checkpoint was saved, copied: a checkpoint's entry is built from it, on any thread."
@@ -292,7 +292,7 @@ class _Values(_Scores):
         by_name = {**self._fit.features.auto, **self._fit.features.user}
         return {(by_name[k] if isinstance(k, str) else k): v for k, v in values.items()}
 
-# %% ../nbs/07b_fit.ipynb #ckf41310
+# %% ../nbs/07b_fit.ipynb #ck142dd8
 class _Entries(_Values):
     "Each save's journal entry, built complete in one place: an `Entry` is never changed once made."
 
