@@ -25,10 +25,10 @@ from typing_extensions import override
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
 from .fit import _AtSave, _FitSetup, _FitState, end_run, entry_point, start_run
-from .journal import STAGING, Entry, is_remote, prune_local_home
+from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
-from .references import LaminCheckpointIO
 from .store import Publisher, Store, storage_root
+from .writes import LaminCheckpointIO, is_remote, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316
 class _FitEnd(_FitSetup):
@@ -37,6 +37,7 @@ class _FitEnd(_FitSetup):
     def _published(self, entry: Entry, artifact: ln.Artifact | None) -> None:
         "Emit the event of a persisted entry (from the worker thread with `async_publish`)."
         trainer = self._trainer
+        assert trainer is not None  # set when the fit started, before any entry was submitted
         local = entry.remote or (self._fit.publisher.store.source(entry) if self._fit is not None else Path(entry.path))
         if entry.op == "remove":
             root = storage_root()
@@ -89,7 +90,7 @@ class _FitStart(_FitEnd):
         uploads = self.async_publish is None and storage_root() is None  # cloud storage: training never waits for uploads
         background = bool(self.async_publish) or uploads or (self._io is not None and self._io.asynchronous)
         publisher = Publisher(folder, background=background, strict=self.strict, on_done=self._published,
-                              store=Store(folder, verbose=self.verbose))
+                              store=Store(folder, verbose=self.verbose, copies=self._io.copies if self._io else None))
         self._fit = _FitState(features=features, publisher=publisher, trainer=trainer, run=run, own_run=run is not None
                               and run is not ln.context.run, cloud=storage_root() is None)
         return self._fit
@@ -194,18 +195,13 @@ class _Removing(_Saving):
         if self._fit is not None:
             self._fit.publisher.keep(path)
 
-    def _settle_remote(self, url: str) -> None:
-        "Before a remote file is written again: the server's copy of its previous bytes must be complete."
-        if self._fit is not None:
-            self._fit.publisher.settle(url)
-
     @override
     def _link_best(self, trainer: pl.Trainer) -> None:
         "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
         if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
             while (write := self._io.pending_write(self.best_model_path)) is not None:
                 write.wait()
-            self._settle_remote(self.best_link_path)  # the server is about to write `best.ckpt` again
+            self._io.copies.settle(self.best_link_path)  # the server is about to write `best.ckpt` again
         super()._link_best(trainer)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b314
@@ -282,7 +278,6 @@ class _Hooks(_Lineage):
         self._trainer = trainer
         self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
         self._io.before_remove = self._keep_bytes
-        self._io.before_write = self._settle_remote
         if (alias := self._state_alias) is not None and self._io.asynchronous:  # the IO thread adds the state under
             alias.in_io = True  # plain ModelCheckpoint's key, as the same object: AsyncCheckpointIO clones its tensors once
             self._io.aliases[alias.state_key] = self.state_key

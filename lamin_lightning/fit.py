@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/fit.html.md"""
 # %% auto #0
 __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'entry_point', 'start_run', 'end_run']
 
-# %% ../nbs/07b_fit.ipynb #ckbd0d45
+# %% ../nbs/07b_fit.ipynb #ck52b84e
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -22,11 +22,12 @@ from typing_extensions import override
 
 from .events import ArtifactKind
 from .features import FitFeatures
-from .journal import STAGING, Entry, JournalRefused, is_remote, local_home, new_entry_id, stored_path
+from .journal import STAGING, Entry, JournalRefused, new_entry_id, stored_path
 from .observers import log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .references import LaminCheckpointIO, fetch_copy
 from .store import Publisher, journals, quiet_lamindb, replay, script_transform, storage_root
+from .upstream import set_run_status
+from .writes import LaminCheckpointIO, fetch_copy, is_remote, local_home
 
 # %% ../nbs/07b_fit.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -130,7 +131,7 @@ def start_run() -> ln.Run:
 def end_run(run: ln.Run, failed: bool = False) -> None:
     "Mark a run made by `start_run` completed, or errored."
     run.finished_at = datetime.now(timezone.utc)
-    run._status_code = 1 if failed else 0  # lamindb's codes: 0 completed, 1 errored
+    set_run_status(run, "errored" if failed else "completed")
     run.save()
 
 # %% ../nbs/07b_fit.ipynb #e1a2b302
