@@ -33,7 +33,8 @@ from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
 from .store import Publisher, Store, journals, quiet_lamindb, replay, script_transform, storage_root
 from .upstream import set_run_status
-from .writes import LaminCheckpointIO, fetch_copy, is_remote, local_home, prune_local_home
+from .checkpoint_io import LaminCheckpointIO
+from .writes import fetch_copy, is_remote, local_home, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -556,9 +557,9 @@ def save_checkpoint_artifact(
     filepath = str(filepath)
     taken, self._taken = self._taken, None
     at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
-    written = self._io.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
+    written = self._io.writes.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
     work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
-    if self._io is not None and self._io.defer(work):  # on the IO thread, once the file is complete (see below)
+    if self._io is not None and self._io.writes.defer(work):  # on the IO thread, once the file is complete (see below)
         return None
     return work()
 
@@ -579,7 +580,7 @@ def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at
     if filepath != self.best_link_path:  # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         entry.siblings = fit.sibling_changes(entry.id, ranks, at.best_model_path)
     if self._io is not None:
-        stats, copy = self._io.take_written(filepath)  # taken in any case: a remote write leaves its copy here too
+        stats, copy = self._io.writes.take_written(filepath)  # taken in any case: a remote write leaves its copy here too
         if written is None:
             entry.stats = stats
             if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO): downloaded once
@@ -639,7 +640,7 @@ def remove_checkpoint_artifact(self: Checkpoint, trainer: pl.Trainer, filepath: 
     """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
     asynchronous CheckpointIO, on its thread after the writes handed over before."""
     work = partial(self._retire, trainer, filepath)
-    if self._io is not None and self._io.defer(work):
+    if self._io is not None and self._io.writes.defer(work):
         return None
     return work()
 
@@ -748,7 +749,7 @@ def _keep_bytes(self: Checkpoint, path: str) -> None:
 def _link_best(self: Checkpoint, trainer: pl.Trainer) -> None:
     "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
     if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
-        while (write := self._io.pending_write(self.best_model_path)) is not None:
+        while (write := self._io.writes.pending(self.best_model_path)) is not None:
             write.wait()
         self._io.copies.settle(self.best_link_path)  # the server is about to write `best.ckpt` again
     super(Checkpoint, self)._link_best(trainer)
@@ -760,7 +761,7 @@ def on_train_end(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningM
     super(Checkpoint, self).on_train_end(trainer, pl_module)  # may save last.ckpt
     if self._fit is not None:
         if self._io is not None:
-            self._io.drain()  # every entry built and submitted
+            self._io.writes.drain()  # every entry built and submitted
         self._fit.publisher.flush()
 
 
@@ -788,7 +789,7 @@ def _close_fit(self: Checkpoint, failed: bool = False) -> None:
         return
     try:
         if self._io is not None:
-            self._io.drain(raise_error=not failed)  # a failed fit's own exception is the one to see
+            self._io.writes.drain(raise_error=not failed)  # a failed fit's own exception is the one to see
     finally:
         fit, self._fit = self._fit, None
     try:
