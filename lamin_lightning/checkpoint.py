@@ -22,13 +22,14 @@ from lamindb_setup.core.hashing import hash_file
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from .checkpoint_io import LaminCheckpointIO
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
 from .fit import _AtSave, _FitSetup, _FitState, end_run, entry_point, start_run
 from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
 from .store import Publisher, Store, storage_root
-from .writes import LaminCheckpointIO, is_remote, prune_local_home
+from .writes import is_remote, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316
 class _FitEnd(_FitSetup):
@@ -52,7 +53,7 @@ class _FitEnd(_FitSetup):
             return
         try:
             if self._io is not None:
-                self._io.drain(raise_error=not failed)  # a failed fit's own exception is the one to see
+                self._io.writes.drain(raise_error=not failed)  # a failed fit's own exception is the one to see
         finally:
             fit, self._fit = self._fit, None
         try:
@@ -126,9 +127,9 @@ class _Saving(_FitStart):
         filepath = str(filepath)
         taken, self._taken = self._taken, None
         at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
-        written = self._io.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
+        written = self._io.writes.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
         work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
-        if self._io is not None and self._io.defer(work):  # on the IO thread, once the file is complete (see below)
+        if self._io is not None and self._io.writes.defer(work):  # on the IO thread, once the file is complete (see below)
             return None
         return work()
 
@@ -175,7 +176,7 @@ class _Removing(_Saving):
         """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
         asynchronous CheckpointIO, on its thread after the writes handed over before."""
         work = partial(self._retire, trainer, filepath)
-        if self._io is not None and self._io.defer(work):
+        if self._io is not None and self._io.writes.defer(work):
             return None
         return work()
 
@@ -199,7 +200,7 @@ class _Removing(_Saving):
     def _link_best(self, trainer: pl.Trainer) -> None:
         "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
         if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
-            while (write := self._io.pending_write(self.best_model_path)) is not None:
+            while (write := self._io.writes.pending(self.best_model_path)) is not None:
                 write.wait()
             self._io.copies.settle(self.best_link_path)  # the server is about to write `best.ckpt` again
         super()._link_best(trainer)
@@ -294,7 +295,7 @@ class _Hooks(_Lineage):
         super().on_train_end(trainer, pl_module)  # may save last.ckpt
         if self._fit is not None:
             if self._io is not None:
-                self._io.drain()  # every entry built and submitted
+                self._io.writes.drain()  # every entry built and submitted
             self._fit.publisher.flush()
 
     @override

@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, cast
 import lamindb as ln
 import lamindb_setup as ln_setup
 
-from .upstream import update_json_links
+from .upstream import mark_lightning_type, update_json_links
 
 # %% ../nbs/03_features.ipynb #c8979298
 FEATURE_TYPE: Final = "lamindb.lightning"
@@ -47,7 +47,7 @@ def save_lightning_features() -> None:
     if feature_type is None:
         feature_type = ln.Feature(name=FEATURE_TYPE, is_type=True,
                                   description="Auto-generated features tracking lightning parameters & metrics")
-        feature_type._dtype_str = "__lamindb_lightning__"  # the marker lamindb's integration gives this type
+        mark_lightning_type(feature_type)  # as lamindb's integration marks it
         feature_type.save()
     existing = set(ln.Feature.filter(type=feature_type).values_list("name", flat=True))
     verbosity, ln.settings.verbosity = ln.settings.verbosity, "error"  # not "a similar name exists: max_epochs"

@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/fit.html.md"""
 # %% auto #0
 __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'entry_point', 'start_run', 'end_run']
 
-# %% ../nbs/07b_fit.ipynb #ck52b84e
+# %% ../nbs/07b_fit.ipynb #ckfc4a9e
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from .checkpoint_io import LaminCheckpointIO
 from .events import ArtifactKind
 from .features import FitFeatures
 from .journal import STAGING, Entry, JournalRefused, new_entry_id, stored_path
@@ -27,7 +28,7 @@ from .observers import log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
 from .store import Publisher, journals, quiet_lamindb, replay, script_transform, storage_root
 from .upstream import set_run_status
-from .writes import LaminCheckpointIO, fetch_copy, is_remote, local_home
+from .writes import fetch_copy, is_remote, local_home
 
 # %% ../nbs/07b_fit.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -293,7 +294,7 @@ class _Values(_Scores):
         by_name = {**self._fit.features.auto, **self._fit.features.user}
         return {(by_name[k] if isinstance(k, str) else k): v for k, v in values.items()}
 
-# %% ../nbs/07b_fit.ipynb #ck142dd8
+# %% ../nbs/07b_fit.ipynb #ckcf4f6c
 class _Entries(_Values):
     "Each save's journal entry, built complete in one place: an `Entry` is never changed once made."
 
@@ -332,7 +333,7 @@ class _Entries(_Values):
         fit.entries[filepath] = entry_id
         # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         siblings = {} if filepath == self.best_link_path else fit.sibling_changes(entry_id, ranks, at.best_model_path)
-        stats, local = self._io.take_written(filepath) if self._io is not None else (None, None)  # taken in any case
+        stats, local = self._io.writes.take_written(filepath) if self._io is not None else (None, None)  # taken in any case
         copy = None
         if written is not None:  # our IO's write: the publisher takes what it measured once the write is complete
             stats = None

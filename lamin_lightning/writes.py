@@ -1,4 +1,4 @@
-"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local, remote and asynchronous writes, and the server's copies.
+"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local and remote files, hashed as they are written, and the server's copies.
 
 Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
@@ -6,24 +6,18 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
 # %% auto #0
 __all__ = ['CHUNK', 'PART_SIZE', 'is_remote', 'local_home', 'remote_copy', 'prune_local_home', 'hash_bytes', 'save_hashed',
-           'save_copied', 'fetch_copy', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies', 'with_aliases',
-           'Loaded', 'LaminCheckpointIO']
+           'save_copied', 'fetch_copy', 'save_written', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
 
 # %% ../nbs/06a_writes.ipynb #w71e0004
 import hashlib
 import io
 import os
-import threading
 import uuid
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 import fsspec
-import lamindb as ln
 import lamindb_setup as ln_setup
 import torch
 from fsspec.implementations.local import LocalFileSystem
@@ -31,13 +25,9 @@ from fsspec.utils import get_protocol
 from lamindb_setup.core.hashing import HASH_LENGTH, to_b64_str
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.plugins.io import AsyncCheckpointIO
-from typing_extensions import override
 
 from .journal import MANAGED, STAGING, Entry
 from .observers import log
-from .references import is_reference, local_path
-from .upstream import inner_io, io_executor, set_inner_io
 
 # %% ../nbs/06a_writes.ipynb #r3m0te02
 def is_remote(path: Any) -> bool:
@@ -86,6 +76,14 @@ def hash_bytes(data: memoryview | bytes, chunk: int = CHUNK) -> dict[str, Any]:
     return {"size": view.nbytes, "hash": to_b64_str(digest)[:HASH_LENGTH], "hash_type": hash_type}
 
 
+def _serialized(checkpoint: dict[str, Any]) -> tuple[io.BytesIO, dict[str, Any]]:
+    "`checkpoint`'s bytes as Lightning's `TorchCheckpointIO` writes them (`torch.save`), in memory, and their stats."
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with buffer.getbuffer() as view:
+        return buffer, hash_bytes(view)
+
+
 def save_hashed(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path,
                 storage_options: Any | None = None) -> dict[str, Any] | None:
     "Save through `io_`; for Lightning's `TorchCheckpointIO` and a local file, as it does, and return the stats."
@@ -94,35 +92,29 @@ def save_hashed(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path,
         io_.save_checkpoint(checkpoint, path, storage_options=storage_options)
         return None
     fs.makedirs(os.path.dirname(path), exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with buffer.getbuffer() as view:
-        stats = hash_bytes(view)
-        with fs.transaction, fs.open(str(path), "wb") as file:  # a temporary file, renamed on commit
-            file.write(view)
+    buffer, stats = _serialized(checkpoint)
+    with buffer.getbuffer() as view, fs.transaction, fs.open(str(path), "wb") as file:  # renamed on commit
+        file.write(view)
     return stats
 
-
+# %% ../nbs/06a_writes.ipynb #f6a00045
 def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
                 storage_options: Any | None = None) -> tuple[dict[str, Any] | None, Path]:
     """Save to the remote `url` through `io_`, and keep a local copy to publish: for Lightning's `TorchCheckpointIO`,
     the bytes it serializes go up once and to the copy (hashed); any other IO's file is downloaded once."""
     copy = remote_copy(url)
-    if type(io_) is not TorchCheckpointIO or storage_options is not None:
-        io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
-        return None, fetch_copy(url, copy)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with buffer.getbuffer() as view:
-        stats = hash_bytes(view)
-        with open(copy, "wb") as file:
-            file.write(view)
-    fs, target = fsspec.core.url_to_fs(url)
     try:
+        if type(io_) is not TorchCheckpointIO or storage_options is not None:
+            io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
+            return None, fetch_copy(url, copy)
+        buffer, stats = _serialized(checkpoint)
+        with buffer.getbuffer() as view, open(copy, "wb") as file:
+            file.write(view)
+        fs, target = fsspec.core.url_to_fs(url)
         with fs.transaction:  # as Lightning's `_atomic_save`: object stores take one (multipart) upload
             fs.pipe(target, buffer.getvalue())
     except BaseException:
-        copy.unlink()  # the write failed: no copy left behind
+        copy.unlink(missing_ok=True)  # the write failed: no copy left behind
         raise
     return stats, copy
 
@@ -131,8 +123,22 @@ def fetch_copy(url: str, copy: Path | None = None) -> Path:
     "Download the remote file `url` once, to a local copy to publish."
     copy = copy or remote_copy(url)
     fs, target = fsspec.core.url_to_fs(url)
-    fs.get_file(target, str(copy))
+    try:
+        fs.get_file(target, str(copy))
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
     return copy
+
+
+def save_written(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None,
+                 settle: Callable[[str], None]) -> tuple[dict[str, Any] | None, Path | None]:
+    """Save to a local or remote `path`: the stats of the bytes, when taken as they were written, and a remote file's
+    local copy. `settle(url)` first waits for what still reads the remote file's previous bytes."""
+    if not is_remote(path):
+        return save_hashed(io_, checkpoint, path, storage_options), None
+    settle(str(path))
+    return save_copied(io_, checkpoint, str(path), storage_options)
 
 # %% ../nbs/06a_writes.ipynb #c0pyc10d
 PART_SIZE = 50 * 2**20  # s3fs's `pipe` uploads a file of two parts or more in parts of this size
@@ -161,6 +167,16 @@ def copy_target(entry: Entry) -> Any | None:
     return root / f"{MANAGED}/{entry.uid}{PurePosixPath(entry.remote).suffix}"
 
 
+def _server_copy(url: str, copy: Any, **condition: Any) -> bool:
+    "Have the server copy the remote file `url` to `copy`; `False` if it did not (then the local copy is uploaded)."
+    try:
+        copy.fs.cp_file(url.partition("://")[2], copy.path, **condition)
+    except OSError as error:  # publishing copies on condition, or uploads the local copy, instead
+        log.debug("lamin_lightning: the server did not copy %s (%s)", url, error)
+        return False
+    return True
+
+
 def copy_in_cloud(url: str, local: Path, copy: Any) -> bool:
     """Copy the remote file `url` to `copy` on the server, and keep the copy only if it holds exactly `local`'s bytes:
     S3 copies only while the source has the ETag of those bytes, and a copy's ETag is their MD5. `False` when it was
@@ -168,22 +184,12 @@ def copy_in_cloud(url: str, local: Path, copy: Any) -> bool:
     if local.stat().st_size > 5 * 2**30:  # more than one CopyObject can take
         return False
     uploaded, md5 = s3_etags(local)
-    try:
-        copy.fs.cp_file(url.partition("://")[2], copy.path, CopySourceIfMatch=uploaded)
-    except OSError as error:  # refused: the source changed, or this server cannot reach it
-        log.debug("lamin_lightning: the server did not copy %s (%s); uploading the local copy", url, error)
+    if not _server_copy(url, copy, CopySourceIfMatch=uploaded):  # refused: the source changed, or unreachable
         return False
     if copy.fs.info(copy.path).get("ETag", "").strip('"') != md5:  # a server that ignored the condition
         copy.unlink()
         return False
     return True
-
-
-def _server_copy(url: str, copy: Any) -> None:
-    try:
-        copy.fs.cp_file(url.partition("://")[2], copy.path)
-    except OSError as error:  # publishing copies on condition, or uploads the local copy, instead
-        log.debug("lamin_lightning: the server did not copy %s (%s)", url, error)
 
 # %% ../nbs/06a_writes.ipynb #c0pyc10s
 class ServerCopies:
@@ -228,233 +234,3 @@ class ServerCopies:
         if self._copier is not None:
             self._copier.shutdown()
             self._copier = None
-
-# %% ../nbs/06a_writes.ipynb #f6a00023
-class _Write(threading.Event):
-    "One asynchronous write of a file: set when it is complete (or failed, with `error`)."
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.error: BaseException | None = None
-        self.stats: dict[str, Any] | None = None  # size and hash of the bytes, when taken as they were written
-        self.copy: Path | None = None  # the local copy of a remote file's bytes
-        self.held: dict[str, Any] | None = None  # the checkpoint as handed over, until the write is complete
-        self._callbacks: list[Callable[[BaseException | None], None]] = []
-        self._over = False  # the callbacks were taken: later ones are refused
-        self._guard = threading.Lock()
-
-    def when_done(self, callback: Callable[[BaseException | None], None]) -> bool:
-        """Call `callback(error)` in the writing thread right after the write (`error` is `None` when it succeeded),
-        before the next write can start; `False` if the write is over already (the file then holds its bytes until
-        the caller moves on)."""
-        with self._guard:
-            if self._over:
-                return False
-            self._callbacks.append(callback)
-            return True
-
-    def complete(self, error: BaseException | None, stats: dict[str, Any] | None = None, copy: Path | None = None) -> None:
-        self.error, self.stats, self.copy, self.held = error, stats, copy, None  # freed here, not by training
-        with self._guard:
-            self._over, callbacks = True, self._callbacks
-        for callback in callbacks:  # outside the guard: `when_done` on the training thread never waits for them
-            callback(error)
-        self.set()
-
-
-def with_aliases(checkpoint: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
-    """`checkpoint` with each callback state of `aliases` (`{alias key: key}`) also under its alias key: the same
-    object, which `torch.save` writes once."""
-    states = checkpoint.get("callbacks")
-    if not aliases or not isinstance(states, dict):
-        return checkpoint
-    added = {alias: states[key] for alias, key in aliases.items() if key in states and alias not in states}
-    return {**checkpoint, "callbacks": {**states, **added}} if added else checkpoint
-
-
-def _key(path: str | Path) -> str:
-    "A file's key in the tables of writes: its URL, or its absolute local path."
-    return str(path) if is_remote(path) else os.path.abspath(path)
-
-
-@dataclass
-class Loaded:
-    "What a `load_checkpoint` read."
-
-    path: str  # as given: a reference or a path
-    local: Path  # the file read
-    artifact: ln.Artifact | None  # the artifact, for a reference
-
-
-class _Completion(CheckpointIO):
-    "The IO inside `AsyncCheckpointIO`, wrapped so that each finished write marks itself complete."
-
-    def __init__(self, inner: CheckpointIO, done: Callable[[str, BaseException | None, dict | None, Path | None], None],
-                 before: Callable[[str], None], aliases: Mapping[str, str]) -> None:
-        self.inner, self.done, self.before, self.aliases = inner, done, before, aliases
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
-        error, stats, copy = None, None, None
-        try:  # whatever fails, the write completes (with its error): work deferred after it runs in any case
-            checkpoint = with_aliases(checkpoint, self.aliases)  # here, after AsyncCheckpointIO cloned the tensors once
-            if is_remote(path):
-                self.before(str(path))
-                stats, copy = save_copied(self.inner, checkpoint, str(path), storage_options)
-            else:
-                stats = save_hashed(self.inner, checkpoint, path, storage_options)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.done(str(path), error, stats, copy)
-
-    @override
-    def load_checkpoint(self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-
-    @override
-    def remove_checkpoint(self, path: str | Path) -> None:
-        self.inner.remove_checkpoint(path)
-
-    @override
-    def teardown(self) -> None:
-        self.inner.teardown()
-
-# %% ../nbs/06a_writes.ipynb #f6a00024
-class LaminCheckpointIO(CheckpointIO):
-    "Wraps the trainer's `CheckpointIO`: references on load, completion of asynchronous writes, evictions after writes."
-
-    def __init__(self, wrapped: CheckpointIO) -> None:
-        self.wrapped = wrapped
-        self.asynchronous = isinstance(wrapped, AsyncCheckpointIO)
-        self.loaded: Loaded | None = None
-        self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
-        self.copies = ServerCopies()  # the server's copies of remote files: settled before a file is written again
-        self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
-        self._writes: dict[str, list[_Write]] = {}
-        self._handed: dict[str, _Write] = {}  # file -> its newest asynchronous write, until its entry takes it
-        self._newest: _Write | None = None  # the last asynchronous write handed over, of any file
-        self.deferred_error: BaseException | None = None  # of work deferred to the writing thread, until raised
-        self._last: dict[str, tuple[dict[str, Any] | None, int | None, Path | None]] = {}  # file -> (stats, inode,
-        # local copy of a remote file) of its last complete write, until taken
-        self._lock = threading.Lock()
-        if self.asynchronous and not isinstance(inner_io(wrapped), _Completion):
-            set_inner_io(wrapped, _Completion(inner_io(wrapped), self._complete, self.copies.settle, self.aliases))
-
-    @classmethod
-    def install(cls, strategy: Any) -> "LaminCheckpointIO":
-        "Wrap `strategy`'s IO once; returns the wrapper."
-        io = strategy.checkpoint_io
-        if not isinstance(io, cls):
-            io = cls(io)
-            strategy.checkpoint_io = io
-        return io
-
-    def pending_write(self, path: str | Path) -> _Write | None:
-        "The newest unfinished write of `path`, if any; always `None` for a synchronous IO (nothing to look up)."
-        if not self.asynchronous:
-            return None
-        with self._lock:
-            writes = [w for w in self._writes.get(_key(path), []) if not w.is_set()]
-        return writes[-1] if writes else None
-
-    def handed(self, path: str | Path) -> _Write | None:
-        "The newest asynchronous write of `path`, complete or not, once: its entry publishes the bytes it wrote."
-        return self._handed.pop(_key(path), None) if self.asynchronous else None
-
-    def defer(self, work: Callable[[], Any]) -> bool:
-        """Run `work` on `AsyncCheckpointIO`'s thread, after every write handed over so far; `False` (nothing run) for
-        a synchronous IO, or before the first write. Raises the error of earlier deferred work."""
-        self._raise_deferred()
-        if (executor := self._executor()) is None:
-            return False
-        newest = self._newest
-        if newest is None or not newest.when_done(lambda _: self._run_deferred(work)):  # right after the newest write
-            executor.submit(self._run_deferred, work)  # it is over: a task of its own, behind everything handed over
-        return True
-
-    def _executor(self) -> Any | None:
-        "`AsyncCheckpointIO`'s thread pool (one thread), once its first write made it."
-        return io_executor(self.wrapped) if self.asynchronous else None
-
-    def _run_deferred(self, work: Callable[[], Any]) -> None:
-        try:
-            work()
-        except BaseException as error:  # raised on the training thread, at its next deferral or `drain`
-            self.deferred_error = self.deferred_error or error
-
-    def _raise_deferred(self) -> None:
-        if (error := self.deferred_error) is not None:
-            self.deferred_error = None
-            raise error
-
-    def drain(self, raise_error: bool = True) -> None:
-        "Wait until the deferred work is done; raise its first error (else only log it)."
-        if (executor := self._executor()) is not None:
-            executor.submit(lambda: None).result()  # one thread, in order: everything before it is done
-        if not raise_error and self.deferred_error is not None:
-            log.error("lamin_lightning: %s", self.deferred_error)
-            self.deferred_error = None
-        self._raise_deferred()
-
-    def take_written(self, path: str | Path) -> tuple[dict[str, Any] | None, Path | None]:
-        """What the last complete write of `path` left: the size and hash of its bytes (if taken as they were written
-        and still its file), and the local copy of a remote file."""
-        stats, inode, copy = self._last.pop(_key(path), (None, None, None))
-        if inode is not None and os.stat(path).st_ino != inode:
-            stats = None
-        return stats, copy
-
-    def _complete(self, path: str, error: BaseException | None, stats: dict[str, Any] | None = None,
-                  copy: Path | None = None) -> None:
-        with self._lock:
-            writes = self._writes.get(_key(path), [])
-            write = writes.pop(0) if writes else None
-            if error is None and copy is not None:  # a write that completed before its entry was built leaves it here
-                self._last[_key(path)] = (stats, None, copy)
-        if write is not None:
-            write.complete(error, stats, copy)
-
-    @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
-        if self.asynchronous:
-            key, write = _key(path), _Write()
-            with self._lock:
-                self._writes.setdefault(key, []).append(write)
-            self._handed[key] = self._newest = write
-            write.held = checkpoint  # freed on the writing thread (see "The CheckpointIO")
-            try:
-                self.wrapped.save_checkpoint(checkpoint, path, storage_options=storage_options)
-            except BaseException:  # maybe never queued: later work is deferred as tasks of its own, in order
-                self._newest = None
-                raise
-        elif is_remote(path):
-            self.copies.settle(str(path))
-            stats, copy = save_copied(self.wrapped, checkpoint, str(path), storage_options)
-            self._last[_key(path)] = (stats, None, copy)
-        elif (stats := save_hashed(self.wrapped, checkpoint, path, storage_options)) is not None:
-            self._last[_key(path)] = (stats, os.stat(path).st_ino, None)
-
-    @override
-    def load_checkpoint(self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
-        local, artifact = local_path(str(path), record=False) if is_reference(str(path)) else (Path(path), None)
-        self.loaded = Loaded(str(path), local, artifact)
-        return self.wrapped.load_checkpoint(local, map_location=map_location, weights_only=weights_only)
-
-    @override
-    def remove_checkpoint(self, path: str | Path) -> None:
-        "Delete `path` once its writes are complete: under `AsyncCheckpointIO` on its thread, after them."
-        if not self.defer(partial(self._remove, path, deferred=True)):
-            self._remove(path)
-
-    def _remove(self, path: str | Path, deferred: bool = False) -> None:
-        if self.before_remove is not None:
-            self.before_remove(str(path))
-        while not deferred and (write := self.pending_write(path)) is not None:  # deferred: the writes before are
-            write.wait()  # done, and waiting for a later write of the same path on its own thread would never end
-        self.wrapped.remove_checkpoint(path)
-
-    @override
-    def teardown(self) -> None:
-        self.wrapped.teardown()

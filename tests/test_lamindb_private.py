@@ -110,3 +110,12 @@ def test_update_json_links_points_links_at_new_values() -> None:
     assert update_json_links(feature.id, [(artifact.id, false_value.id)]) == {artifact.id}
     assert ln.Artifact.get(id=artifact.id).features.get_values()["private_flag"] is False
     assert update_json_links(feature.id, [(10**9, false_value.id)]) == set()  # no link to update
+
+
+def test_lightning_feature_type_carries_lamindb_marker() -> None:
+    "`upstream.mark_lightning_type`: the private `_dtype_str` lamindb's integration gives `lamindb.lightning`."
+    use_test_instance()  # saves the features
+    import lamindb as ln
+
+    feature_type = ln.Feature.get(name="lamindb.lightning", is_type=True)
+    assert feature_type._dtype_str == "__lamindb_lightning__"

@@ -8,7 +8,7 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 
 def test_async_checkpoint_io_writes_through_its_inner_io(tmp_path) -> None:
-    from lamin_lightning.writes import LaminCheckpointIO
+    from lamin_lightning.checkpoint_io import LaminCheckpointIO
 
     inner = TorchCheckpointIO()
     outer = AsyncCheckpointIO(inner)
@@ -17,28 +17,28 @@ def test_async_checkpoint_io_writes_through_its_inner_io(tmp_path) -> None:
     assert type(outer._checkpoint_io).__name__ == "_Completion" and outer.checkpoint_io.inner is inner
     path = tmp_path / "a.ckpt"
     io.save_checkpoint({"x": torch.ones(2)}, path)
-    write = io.pending_write(path)
+    write = io.writes.pending(path)
     assert write is None or write.wait(10)  # the write marked itself complete
     outer.teardown()
-    assert io.pending_write(path) is None and torch.load(path)["x"].sum() == 2
+    assert io.writes.pending(path) is None and torch.load(path)["x"].sum() == 2
 
 
 def test_async_checkpoint_io_runs_work_in_order_on_its_executor(tmp_path) -> None:
-    from lamin_lightning.writes import LaminCheckpointIO
+    from lamin_lightning.checkpoint_io import LaminCheckpointIO
 
     outer = AsyncCheckpointIO(TorchCheckpointIO())
     io = LaminCheckpointIO(outer)
-    assert outer._executor is None and not io.defer(lambda: None)  # nothing to run after before the first write
+    assert outer._executor is None and not io.writes.defer(lambda: None)  # nothing to run after before the first write
     path, seen = tmp_path / "a.ckpt", []
     io.save_checkpoint({"x": torch.ones(2)}, path)
     assert outer._executor is not None  # `upstream.io_executor`, which `defer` and `drain` use: one thread, in order
-    assert io.defer(lambda: seen.append(path.exists()))
-    io.drain()
+    assert io.writes.defer(lambda: seen.append(path.exists()))
+    io.writes.drain()
     assert seen == [True]  # ran after the write handed over before it
-    assert io.defer(lambda: 1 / 0)  # an error of deferred work reaches the training thread at `drain`
+    assert io.writes.defer(lambda: 1 / 0)  # an error of deferred work reaches the training thread at `drain`
     with pytest.raises(ZeroDivisionError):
-        io.drain()
-    io.drain()  # raised once
+        io.writes.drain()
+    io.writes.drain()  # raised once
     outer.teardown()
 
 
