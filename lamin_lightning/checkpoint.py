@@ -33,7 +33,8 @@ from .journal import STAGING, Entry, JournalRefused, is_remote, local_home, prun
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
 from .references import LaminCheckpointIO, fetch_copy, is_reference
-from .store import Publisher, Store, journals, quiet_lamindb, replay, script_transform, storage_root
+from .publisher import Publisher, journals, replay
+from .store import Store, quiet_lamindb, script_transform, storage_root
 
 # %% ../nbs/07_checkpoint.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
