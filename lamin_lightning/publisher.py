@@ -222,7 +222,7 @@ class Recording:
 
 # %% ../nbs/05b_publisher.ipynb #eecc15d8
 class Completing(Recording):
-    "Marks each persisted entry done in the journal (or abandoned), and deletes the journal once it holds nothing."
+    "Marks each persisted entry done in the journal (or abandoned), and keeps the bytes of entries that wait."
 
     def __init__(self, home: str | Path, *, strict: bool = False, journal: Journal | None = None,
                  on_done: Callable[[Entry, ln.Artifact | None], None] | None = None, store: Store | None = None,
@@ -268,7 +268,7 @@ class Completing(Recording):
 
 # %% ../nbs/05b_publisher.ipynb #d4e5f618
 class Draining(Completing):
-    "Persists the recorded entries in order until one fails: the others wait behind it, and it is retried first."
+    "Persists the recorded entries in order until one fails, and deletes the journal once it holds nothing."
 
     def drain(self) -> dict[str, ln.Artifact | None]:
         "Persist pending entries in order until one fails; returns the artifacts made, by entry id."
