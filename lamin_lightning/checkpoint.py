@@ -23,18 +23,18 @@ from lamindb.base.uids import base62_20
 import lightning.pytorch as pl
 from fastcore.basics import patch
 from lamindb_setup.core.hashing import hash_file
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
-from .journal import STAGING, Entry, JournalRefused, is_remote, local_home, prune_local_home, stored_path
+from .journal import STAGING, Entry, JournalRefused, stored_path
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .references import LaminCheckpointIO, fetch_copy, is_reference
 from .publisher import Publisher, journals, replay
 from .store import Store, quiet_lamindb, script_transform, storage_root
+from .upstream import set_run_status
+from .writes import LaminCheckpointIO, fetch_copy, is_remote, local_home, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -45,7 +45,7 @@ def check_key_part(value: str, source: str) -> str:
     return value
 
 
-def key_prefix(dirpath: _PATH | None, trainer: pl.Trainer, run_uid: str | None) -> str:
+def key_prefix(dirpath: str | Path | None, trainer: pl.Trainer, run_uid: str | None) -> str:
     "The base prefix of all artifact keys of one fit (lamindb's rules)."
     if dirpath is not None:
         prefix = check_key_part(str(dirpath).rstrip("/"), "dirpath")
@@ -56,7 +56,7 @@ def key_prefix(dirpath: _PATH | None, trainer: pl.Trainer, run_uid: str | None) 
     return run_uid or ""
 
 
-def artifact_key(base: str, filepath: _PATH, kind: ArtifactKind) -> str:
+def artifact_key(base: str, filepath: str | Path, kind: ArtifactKind) -> str:
     "Key of a file: checkpoints and hparams under `{base}/checkpoints/`, the config under `{base}/`."
     prefix = (f"{base}/checkpoints" if base else "checkpoints") if kind in ("checkpoint", "hparams") else base
     name = os.path.basename(filepath)
@@ -197,7 +197,7 @@ class Checkpoint(ArtifactPublishingModelCheckpoint):
 
     def __init__(
         self,
-        dirpath: _PATH | None = None,  # directory for checkpoints, also the artifact key prefix
+        dirpath: str | Path | None = None,  # directory for checkpoints, also the artifact key prefix
         filename: str | None = None,  # checkpoint filename pattern, e.g. "{epoch}-{val_loss:.2f}"
         monitor: str | None = None,  # logged metric that ranks checkpoints; None keeps the latest
         verbose: bool = False,  # log each save decision, and lamindb's own messages
@@ -313,7 +313,7 @@ def start_run() -> ln.Run:
 def end_run(run: ln.Run, failed: bool = False) -> None:
     "Mark a run made by `start_run` completed, or errored."
     run.finished_at = datetime.now(timezone.utc)
-    run._status_code = 1 if failed else 0  # lamindb's codes: 0 completed, 1 errored
+    set_run_status(run, "errored" if failed else "completed")
     run.save()
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b304
@@ -327,7 +327,6 @@ def setup(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModule, 
     self._trainer = trainer
     self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
     self._io.before_remove = self._keep_bytes
-    self._io.before_write = self._settle_remote
     if (alias := self._state_alias) is not None and self._io.asynchronous:  # the IO thread adds the state under
         alias.in_io = True  # plain ModelCheckpoint's key, as the same object: AsyncCheckpointIO clones its tensors once
         self._io.aliases[alias.state_key] = self.state_key
@@ -366,7 +365,7 @@ def _start_fit(self: Checkpoint, trainer: pl.Trainer) -> _FitState:
     uploads = self.async_publish is None and storage_root() is None  # cloud storage: training never waits for uploads
     background = bool(self.async_publish) or uploads or (self._io is not None and self._io.asynchronous)
     publisher = Publisher(folder, background=background, strict=self.strict, on_done=self._published,
-                          store=Store(folder, verbose=self.verbose))
+                          store=Store(folder, verbose=self.verbose, copies=self._io.copies if self._io else None))
     self._fit = _FitState(features=features, publisher=publisher, trainer=trainer, run=run, own_run=run is not None
                           and run is not ln.context.run, cloud=storage_root() is None)
     return self._fit
@@ -746,20 +745,13 @@ def _keep_bytes(self: Checkpoint, path: str) -> None:
 
 
 @patch
-def _settle_remote(self: Checkpoint, url: str) -> None:
-    "Before a remote file is written again: the server's copy of its previous bytes must be complete."
-    if self._fit is not None:
-        self._fit.publisher.settle(url)
-
-
-@patch
 @override
 def _link_best(self: Checkpoint, trainer: pl.Trainer) -> None:
     "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
     if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
         while (write := self._io.pending_write(self.best_model_path)) is not None:
             write.wait()
-        self._settle_remote(self.best_link_path)  # the server is about to write `best.ckpt` again
+        self._io.copies.settle(self.best_link_path)  # the server is about to write `best.ckpt` again
     super(Checkpoint, self)._link_best(trainer)
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316

@@ -20,7 +20,7 @@ from .publishing import ArtifactPublishingModelCheckpoint, logger_dir
 # %% ../nbs/08_config.ipynb #71e628ad
 def find_publisher(trainer: pl.Trainer) -> ArtifactPublishingModelCheckpoint:
     "The trainer's first artifact-publishing checkpoint callback; `ValueError` with the fix if there is none."
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]  # Lightning sets it
         if isinstance(callback, ArtifactPublishingModelCheckpoint):
             return callback
     raise ValueError(

@@ -12,10 +12,12 @@ __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', '
 # %% ../nbs/03_features.ipynb #ec56ea34
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast
 
 import lamindb as ln
 import lamindb_setup as ln_setup
+
+from .upstream import update_json_links
 
 # %% ../nbs/03_features.ipynb #c8979298
 FEATURE_TYPE: Final = "lamindb.lightning"
@@ -98,7 +100,7 @@ def coerce_value(feature: ln.Feature, value: Any) -> Any:
     "`value` as the Python type `feature`'s dtype stores; `TypeError` naming the feature if it does not fit."
     value = _plain(value)
     dtype = feature.dtype_as_str
-    ok = _CHECKS.get(dtype)
+    ok = _CHECKS.get(dtype) if dtype is not None else None
     if ok is None:
         return value  # categorical, date, dict, ...: lamindb validates these itself
     if dtype == "int" and isinstance(value, float) and value.is_integer():
@@ -146,7 +148,8 @@ class FitFeatures:
     def by_name(cls, user_names: Iterable[str] = ()) -> "FitFeatures":
         "Stand-ins for a node without the database: ours with their dtypes, the user's unchecked; no hyperparameters."
         auto = {n: NamedFeature(f"{FEATURE_TYPE}/{n}", n, t.__name__) for n, t in ARTIFACT_FEATURES.items()}
-        return cls(auto, {n: NamedFeature(n, n) for n in user_names}, {})
+        user = {n: NamedFeature(n, n) for n in user_names}
+        return cls(cast(dict, auto), cast(dict, user), {})  # stand-ins with the fields a Feature is read for
 
     def values(self, records: Mapping[str, ln.Feature], values: Mapping[str, Any]) -> dict[ln.Feature, Any]:
         "Checked `{feature: value}` for the names in `records`; `None` values are skipped."
@@ -205,29 +208,12 @@ class ValueWriter:
                  for f, v in scalar.items()]
         ln.models.ArtifactJsonValue.objects.bulk_create(links)
         if other := {f: v for f, v in values.items() if f not in scalar}:
-            artifact.features.add_values(other)
+            artifact.features.add_values(dict(other))
 
     def replace(self, feature: ln.Feature, new_values: Mapping[int, Any]) -> None:
         "Set `feature` to `new_values[artifact_id]` on existing artifacts: one UPDATE, whatever their number."
-        from django.db import connection
-
-        links, values = ln.models.ArtifactJsonValue._meta.db_table, ln.models.JsonValue._meta.db_table
-        items = list(new_values.items())
-        updated: set[int] = set()
-        for start in range(0, len(items), 300):  # stay below SQLite's limit of bound parameters
-            chunk = items[start:start + 300]
-            cases = " ".join("WHEN %s THEN %s" for _ in chunk)
-            params = [x for a, v in chunk for x in (a, self.value_id(feature, v))]
-            ids = [a for a, _ in chunk]
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    f"UPDATE {links} SET jsonvalue_id = CASE artifact_id {cases} END "
-                    f"WHERE artifact_id IN ({', '.join(['%s'] * len(ids))}) "
-                    f"AND jsonvalue_id IN (SELECT id FROM {values} WHERE feature_id = %s)",
-                    [*params, *ids, feature.id],
-                )
-                if cursor.rowcount == len(chunk):
-                    updated.update(ids)
+        links = [(a, self.value_id(feature, v)) for a, v in new_values.items()]
+        updated = update_json_links(feature.id, links)
         if missing := [a for a in new_values if a not in updated]:  # artifacts without a value for `feature` yet
             present = set(ln.models.ArtifactJsonValue.objects.filter(
                 artifact_id__in=missing, jsonvalue__feature_id=feature.id).values_list("artifact_id", flat=True))

@@ -24,11 +24,11 @@ import lamindb as ln
 import lamindb_setup as ln_setup
 
 from .features import require_instance
-from lamin_lightning.journal import (
-    STAGING, Entry, Journal, JournalRefused, check_entries, check_permissions, is_remote, local_home, prune_local_home,
-)
+from .journal import STAGING, Contents, Entry, Journal, JournalRefused, check_entries, check_permissions
 from .observers import log
 from .store import Store, _existing, storage_root
+from .upstream import close_thread_connection, statements_wrapped
+from .writes import is_remote, local_home, prune_local_home
 
 # %% ../nbs/05b_publisher.ipynb #d5e9bb89
 class StoreError(RuntimeError):
@@ -156,14 +156,12 @@ class Worker:
             raise StoreError(f"Background publishing failed: {type(error).__name__}: {redact(str(error))}") from error
 
     def _work(self) -> None:
-        from django.db import connection
-
         lower_priority()
         try:
-            with connection.execute_wrapper(self.hand_off.hold):
+            with statements_wrapped(self.hand_off.hold):
                 self._serve()
         finally:
-            connection.close()  # this thread's own database connection
+            close_thread_connection()  # this thread's own
 
     def _serve(self) -> None:
         while self._wake.get():
@@ -363,10 +361,6 @@ class Publisher(Draining, HandOff):
                 self.journal.close(delete=not self.pending and not self.abandoned)
                 self.journal = None
 
-    def settle(self, url: str) -> None:
-        "Before the remote file `url` is written again or deleted: wait for the server's copies of it."
-        self.store.copies.settle(url)
-
 # %% ../nbs/05b_publisher.ipynb #42fc4768
 @dataclass
 class Report:
@@ -406,7 +400,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
     if journal is None:  # a running fit holds it
         return Report(busy=[path])
     try:
-        contents = Journal.read(path)
+        contents = Contents.read(path)
         instance = ln_setup.settings.instance.slug
         if contents.header.get("instance") != instance:
             raise JournalRefused(f"Refusing {path}: it belongs to the LaminDB instance {contents.header.get('instance')!r}, "

@@ -73,7 +73,7 @@ def use_test_instance() -> Path:
     if ln.context.run is not None:  # a run tracked by an earlier notebook or test in this process
         ln.finish()
     save_lightning_features()
-    return Path(ln_setup.settings.instance.storage.root)
+    return Path(str(ln_setup.settings.instance.storage.root))
 
 # %% ../nbs/09_testing.ipynb #25d0f23d
 _LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
@@ -123,7 +123,7 @@ class NetworkGuard:
                 guard._refuse(str(host))
             return getaddrinfo(host, *args, **kwargs)
 
-        socket.socket.connect = guarded_connect  # type: ignore[method-assign]
+        socket.socket.connect = guarded_connect  # type: ignore[method-assign,assignment]
         socket.getaddrinfo = guarded_getaddrinfo  # type: ignore[assignment]
         self._saved = (connect, getaddrinfo)
         return self
@@ -165,7 +165,7 @@ class TinyModel(pl.LightningModule):
         self.log("val_loss", 10.0 / (1 + self.current_epoch + self.global_step) + 0 * self._loss(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)  # type: ignore[attr-defined]
 
 
 class TinyData(pl.LightningDataModule):

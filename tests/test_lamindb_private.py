@@ -10,7 +10,7 @@ def test_register_managed_keeps_the_uid_and_deletes_without_asking(monkeypatch) 
     import lamindb as ln
 
     from lamin_lightning.journal import new_entry_id
-    from lamin_lightning.store import register_managed
+    from lamin_lightning.upstream import register_managed
 
     uid = f"{new_entry_id()}0000"
     path = root / ".lamindb" / f"{uid}.ckpt"
@@ -43,8 +43,8 @@ def test_artifact_takes_precomputed_stats_without_reading_the_file(monkeypatch) 
     import lamindb.models.artifact as artifact_module
 
     from lamin_lightning.journal import new_entry_id
-    from lamin_lightning.references import hash_bytes
-    from lamin_lightning.store import register_managed
+    from lamin_lightning.writes import hash_bytes
+    from lamin_lightning.upstream import register_managed
 
     path = root / ".lamindb" / f"{new_entry_id()}0000.ckpt"
     path.write_bytes(b"weights")
@@ -52,3 +52,61 @@ def test_artifact_takes_precomputed_stats_without_reading_the_file(monkeypatch) 
     stats = hash_bytes(b"weights")
     artifact = register_managed(path, key="private/stats.ckpt", skip_hash_lookup=True, _stats=stats).save()
     assert (artifact.size, artifact.hash, artifact._hash_type) == (stats["size"], stats["hash"], stats["hash_type"])
+
+
+def test_new_artifact_is_adding_and_stats() -> None:
+    "`upstream.new_artifact` passes the stats; `is_adding` (Django's `_state.adding`) is true until the record is saved."
+    root = use_test_instance()
+    import lamindb as ln
+
+    from lamin_lightning.upstream import is_adding, new_artifact
+    from lamin_lightning.writes import hash_bytes
+
+    path = root / "outside-managed.ckpt"
+    path.write_bytes(b"same bytes")
+    stats = hash_bytes(b"same bytes")
+    first = new_artifact(path, stats=stats, key="private/same.ckpt")
+    assert is_adding(first) and (first.size, first.hash) == (stats["size"], stats["hash"])
+    first.save()
+    assert not is_adding(first) and not is_adding(ln.Artifact.get(id=first.id))
+
+
+def test_write_transaction_takes_sqlite_write_lock_at_begin() -> None:
+    "`upstream.write_transaction`: on SQLite, `BEGIN IMMEDIATE` (Django's `transaction_mode`), restored afterwards."
+    use_test_instance()
+    import lamindb as ln
+    from django.db import connection
+
+    from lamin_lightning.upstream import statements_wrapped, write_transaction
+
+    seen: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    ln.Artifact.filter(key="x").count()  # connected
+    mode = connection.transaction_mode
+    with statements_wrapped(record), write_transaction():
+        assert connection.in_atomic_block
+        ln.Artifact.filter(key="x").count()
+    assert connection.transaction_mode == mode and seen  # Django's wrapper saw the statements
+    assert connection.vendor == "sqlite"
+
+
+def test_update_json_links_points_links_at_new_values() -> None:
+    "The raw UPDATE on lamindb's link table of feature values (`upstream.update_json_links`)."
+    root = use_test_instance()
+    import lamindb as ln
+
+    from lamin_lightning.upstream import update_json_links
+
+    feature = ln.Feature.filter(name="private_flag").one_or_none() or ln.Feature(name="private_flag", dtype=bool).save()
+    path = root / "flagged.ckpt"
+    path.write_bytes(b"flagged")
+    artifact = ln.Artifact(path, key="private/flagged.ckpt").save()
+    artifact.features.add_values({"private_flag": True})
+    false_value, _ = ln.models.JsonValue.get_or_create(feature, False)
+    assert update_json_links(feature.id, [(artifact.id, false_value.id)]) == {artifact.id}
+    assert ln.Artifact.get(id=artifact.id).features.get_values()["private_flag"] is False
+    assert update_json_links(feature.id, [(10**9, false_value.id)]) == set()  # no link to update

@@ -8,11 +8,11 @@ from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 
 def test_async_checkpoint_io_writes_through_its_inner_io(tmp_path) -> None:
-    from lamin_lightning.references import LaminCheckpointIO
+    from lamin_lightning.writes import LaminCheckpointIO
 
     inner = TorchCheckpointIO()
     outer = AsyncCheckpointIO(inner)
-    assert outer._checkpoint_io is inner  # the attribute the wrapper replaces
+    assert outer._checkpoint_io is inner  # the attribute `upstream.inner_io` reads and `set_inner_io` replaces
     io = LaminCheckpointIO(outer)
     assert type(outer._checkpoint_io).__name__ == "_Completion" and outer.checkpoint_io.inner is inner
     path = tmp_path / "a.ckpt"
@@ -24,14 +24,14 @@ def test_async_checkpoint_io_writes_through_its_inner_io(tmp_path) -> None:
 
 
 def test_async_checkpoint_io_runs_work_in_order_on_its_executor(tmp_path) -> None:
-    from lamin_lightning.references import LaminCheckpointIO
+    from lamin_lightning.writes import LaminCheckpointIO
 
     outer = AsyncCheckpointIO(TorchCheckpointIO())
     io = LaminCheckpointIO(outer)
     assert outer._executor is None and not io.defer(lambda: None)  # nothing to run after before the first write
     path, seen = tmp_path / "a.ckpt", []
     io.save_checkpoint({"x": torch.ones(2)}, path)
-    assert outer._executor is not None  # the attribute `defer` and `drain` use: one thread, in submission order
+    assert outer._executor is not None  # `upstream.io_executor`, which `defer` and `drain` use: one thread, in order
     assert io.defer(lambda: seen.append(path.exists()))
     io.drain()
     assert seen == [True]  # ran after the write handed over before it
@@ -49,3 +49,27 @@ def test_lightning_cli_reads_ckpt_path_hyperparameters_only_from_files() -> None
     assert wrapped.reads_references
     original = wrapped.__closure__[0].cell_contents
     assert "Path(ckpt_path).is_file()" in inspect.getsource(original)  # why references need the wrapper
+
+
+def test_lightning_cli_ckpt_path_is_wrapped_once() -> None:
+    "`upstream.wrap_cli_ckpt_path` replaces LightningCLI's `_parse_ckpt_path`, and only once."
+    from lamin_lightning.upstream import wrap_cli_ckpt_path
+
+    before = LightningCLI._parse_ckpt_path
+    wrap_cli_ckpt_path(lambda parse: (_ for _ in ()).throw(AssertionError("wrapped twice")))
+    assert LightningCLI._parse_ckpt_path is before
+
+
+def test_model_checkpoint_hooks_we_override_exist() -> None:
+    "The protected hooks of `ModelCheckpoint` that `Checkpoint` overrides, with the parameters it takes."
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lamin_lightning.upstream import MODEL_CHECKPOINT_HOOKS
+
+    params = {h: list(inspect.signature(getattr(ModelCheckpoint, h)).parameters) for h in MODEL_CHECKPOINT_HOOKS}
+    assert params == {
+        "_save_checkpoint": ["self", "trainer", "filepath"],
+        "_save_last_checkpoint": ["self", "trainer", "monitor_candidates"],
+        "_remove_checkpoint": ["self", "trainer", "filepath"],
+        "_should_remove_checkpoint": ["self", "trainer", "previous", "current"],
+    }

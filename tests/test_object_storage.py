@@ -96,7 +96,7 @@ def child_main() -> None:
 
     import s3fs
 
-    from lamin_lightning.store import copy_in_cloud
+    from lamin_lightning.writes import copy_in_cloud
 
     calls: list[tuple[str, str | None, str | None, str | None]] = []
     call_s3 = s3fs.S3FileSystem._call_s3
@@ -112,15 +112,15 @@ def child_main() -> None:
     # first if it did not wait; every artifact, when published, must hold the bytes its hash was taken from
     from lamindb_setup.core.hashing import to_b64_str  # lamindb's encoding of a hash
 
-    from lamin_lightning import store as store_module
+    from lamin_lightning import writes as writes_module
 
-    server_copy = store_module._server_copy
+    server_copy = writes_module._server_copy
 
     def slow_copy(url, copy):
         time.sleep(0.3)
         server_copy(url, copy)
 
-    store_module._server_copy = slow_copy
+    writes_module._server_copy = slow_copy
     wrong: list[str] = []
     checked: list[str] = []
 
@@ -140,7 +140,7 @@ def child_main() -> None:
                                       artifact_observers=[CheckBytes()])], logger=False,
                  max_epochs=3).fit(TinyModel(), TinyData())
     s3fs.S3FileSystem._call_s3 = call_s3
-    store_module._server_copy = server_copy
+    writes_module._server_copy = server_copy
     both_stored = {a.key.rsplit("/", 1)[1]: str(a.path) for a in
                    ln.Artifact.filter(key__startswith=f"{both}/checkpoints/", suffix=".ckpt")}
     md5 = {name: hashlib.md5(fs.cat(path.removeprefix("s3://"))).hexdigest() for name, path in both_stored.items()}
