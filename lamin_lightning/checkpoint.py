@@ -31,7 +31,8 @@ from .features import FitFeatures, database_reachable, parse_feature_spec, requi
 from .journal import STAGING, Entry, JournalRefused, stored_path
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .store import Publisher, Store, journals, quiet_lamindb, replay, script_transform, storage_root
+from .publisher import Publisher, journals, replay
+from .store import Store, quiet_lamindb, script_transform, storage_root
 from .upstream import set_run_status
 from .checkpoint_io import LaminCheckpointIO
 from .writes import fetch_copy, is_remote, local_home, prune_local_home
