@@ -15,7 +15,7 @@ _EXPORTS = {
     "ArtifactObserver": "observers",
     "ArtifactPublishingModelCheckpoint": "publishing",
     "save_lightning_features": "features",
-    "sync": "store",
+    "sync": "publisher",
     "Checkpoint": "checkpoint",
     "SaveConfigCallback": "config",
     "checkpoints": "table",
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from .config import SaveConfigCallback
     from .events import ArtifactEvent, ArtifactKind, ArtifactRemovedEvent, ArtifactSavedEvent
     from .features import save_lightning_features
-    from .store import sync
     from .observers import ArtifactObserver
+    from .publisher import sync
     from .publishing import ArtifactPublishingModelCheckpoint
     from .table import checkpoints
 

@@ -28,7 +28,8 @@ from .features import FitFeatures, database_reachable, parse_feature_spec, requi
 from .fit import _AtSave, _FitSetup, _FitState, end_run, entry_point, start_run
 from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
-from .store import Publisher, Store, storage_root
+from .publisher import Publisher
+from .store import Store, storage_root
 from .writes import is_remote, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316

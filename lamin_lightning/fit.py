@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/fit.html.md"""
 # %% auto #0
 __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'entry_point', 'start_run', 'end_run']
 
-# %% ../nbs/07b_fit.ipynb #ckfc4a9e
+# %% ../nbs/07b_fit.ipynb #ck4a1f89
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -26,7 +26,8 @@ from .features import FitFeatures
 from .journal import STAGING, Entry, JournalRefused, new_entry_id, stored_path
 from .observers import log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .store import Publisher, journals, quiet_lamindb, replay, script_transform, storage_root
+from .publisher import Publisher, journals, replay
+from .store import quiet_lamindb, script_transform, storage_root
 from .upstream import set_run_status
 from .writes import fetch_copy, is_remote, local_home
 

@@ -82,7 +82,7 @@ def test_database_raises_strict(tmp_path: Path, monkeypatch) -> None:
     import lamindb as ln
     from django.db.utils import OperationalError
 
-    from lamin_lightning.store import StoreError
+    from lamin_lightning.publisher import StoreError
 
     failing = {"on": False}
     save = ln.Artifact.save
@@ -300,7 +300,7 @@ def test_password_never_logged(tmp_path: Path, monkeypatch, caplog) -> None:
     import lamindb as ln
     from django.db.utils import OperationalError
 
-    from lamin_lightning.store import StoreError
+    from lamin_lightning.publisher import StoreError
 
     save, calls = ln.Artifact.save, {"n": 0}
 

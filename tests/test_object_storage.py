@@ -187,7 +187,8 @@ def remote_dirpath_main() -> None:
     from lightning.pytorch.plugins.io import AsyncCheckpointIO
 
     import lamin_lightning as ll
-    from lamin_lightning.store import Store, journals
+    from lamin_lightning.publisher import journals
+    from lamin_lightning.store import Store
     from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
 
     ll.save_lightning_features()
