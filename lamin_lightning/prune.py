@@ -175,6 +175,10 @@ def prune(prefix: str, *, keep_best: int = 1, keep_last: bool = True, older_than
 # %% ../nbs/11_prune.ipynb #pr000025
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     "The arguments of `lamin-lightning prune`."
+    parser.description = ("Delete the checkpoints under PREFIX that no run needs: each run keeps its best by its own "
+                          "monitor and mode and its last; inputs of runs, hparams.yaml and config.yaml, and artifacts "
+                          "no Checkpoint made are never deleted. Without --yes, only print what would be deleted.")
+    parser.epilog = "exit status: 0 done (or nothing to do), 1 a deletion failed (named), 2 bad arguments"
     parser.add_argument("prefix", help="the key prefix of the runs' checkpoints, e.g. the sweep's dirpath")
     parser.add_argument("--keep-best", type=int, default=1, metavar="K", help="best checkpoints kept per run (default 1)")
     parser.add_argument("--no-keep-last", dest="keep_last", action="store_false",

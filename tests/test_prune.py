@@ -145,6 +145,31 @@ def test_policy_options(tmp_path: Path) -> None:
         ll.prune(prefix, keep_best=-1)
 
 
+def test_versions_of_one_key(tmp_path: Path) -> None:
+    "Two fits into one folder without Lightning's version counter: each key has two artifacts, one per run."
+    use_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+
+    dirpath = tmp_path / "same"
+    prefix = f"{dirpath}/checkpoints"
+    for _ in range(2):
+        callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=-1, save_last=True,
+                                 enable_version_counter=False)
+        tiny_trainer(tmp_path, [callback], logger=False, max_epochs=3).fit(TinyModel(), TinyData())
+    records = every_record(str(dirpath))
+    assert len(records) == 8 and ln.Artifact.filter(key=f"{prefix}/last.ckpt").count() == 2  # the first fit's are listed too
+    plan = ll.prune(str(dirpath))
+    assert len(plan) == 8 and plan.run.nunique() == 2
+    assert sorted(plan.key[plan.action == "delete"]) == [f"{prefix}/epoch={e}-step={2 * e + 2}.ckpt" for e in (0, 0, 1, 1)]
+    ll.prune(str(dirpath), dry_run=False)
+    left = every_record(str(dirpath))
+    assert sorted(k.rsplit("/", 1)[1] for _, k, _ in left) == ["epoch=2-step=6.ckpt"] * 2 + ["last.ckpt"] * 2
+    assert {b for _, _, b in left} == {1}  # nothing in the trash
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     "The console command, as a user runs it."
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -162,6 +187,8 @@ def test_cli_dry_run_yes_and_exit_codes(tmp_path: Path) -> None:
     deleted = expected_deletions(prefix, callbacks, logger=True)
     records = every_record(prefix)
 
+    helped = cli("--help")
+    assert helped.returncode == 0 and "exit status: 0 done (or nothing to do), 1 a deletion failed" in helped.stdout
     dry = cli(prefix)
     assert dry.returncode == 0, dry.stderr[-3000:]
     assert every_record(prefix) == records
