@@ -49,7 +49,7 @@ def sweep(root: Path, prefix: str, logger: bool) -> dict[str, object]:
 
 
 def expected_deletions(prefix: str, callbacks: dict, logger: bool) -> set[str]:
-    "What the default policy deletes: all checkpoints but each run's best (Lightning's own) and last, and the one c resumed from."
+    "What the default policy deletes: all but each run's best (Lightning's own) and last, and what c resumed from."
     deleted = set()
     for name, callback in callbacks.items():
         folder = f"{prefix}/{name}/version_0/checkpoints" if logger else f"{prefix}/{name}/checkpoints"
@@ -102,7 +102,7 @@ def test_sweep_prune_keeps_exactly_the_kept_set(tmp_path: Path) -> None:
         "last checkpoint (the run has no monitor)"
     to_free = sum(artifacts[k].size for k in deleted)
     assert plan.attrs["bytes"] == to_free
-    assert ln.Run.filter(transform__key="lamin-lightning prune").count() == 0
+    assert ln.Run.filter(transform__key="lamin-lightning prune", params__prefix=prefix).count() == 0
 
     started = time.monotonic()
     with block_network():
@@ -114,13 +114,14 @@ def test_sweep_prune_keeps_exactly_the_kept_set(tmp_path: Path) -> None:
     assert not any(files[k].exists() for k in deleted) and all(files[k].exists() for k in survivors)
     for run in ("a", "b", "c"):
         assert TinyModel.load_from_checkpoint(f"lamin://{prefix}/{run}/version_0@best") is not None
-    (run,) = ln.Run.filter(transform__key="lamin-lightning prune")
+    (run,) = ln.Run.filter(transform__key="lamin-lightning prune", params__prefix=prefix)
     assert (run.status, run.params["prefix"], run.transform.kind) == ("completed", prefix, "script")
     assert run.description == f"deleted {len(deleted)} artifacts ({to_free} bytes)"
     recorded = run.output_artifacts.get().load()
     assert set(recorded.key[recorded.action == "delete"]) == deleted
     again = ll.prune(prefix, dry_run=False)
-    assert (again.action == "delete").sum() == 0 and ln.Run.filter(transform__key="lamin-lightning prune").count() == 1
+    assert (again.action == "delete").sum() == 0  # and nothing to record
+    assert ln.Run.filter(transform__key="lamin-lightning prune", params__prefix=prefix).count() == 1
     print(f"\nsweep: {len(artifacts)} artifacts, {len(deleted)} deleted, {len(survivors)} kept, {to_free} of "
           f"{sum(a.size for a in artifacts.values())} bytes freed; the 3 fits {fits:.1f} s, real prune {seconds:.2f} s")
     assert isinstance(pruned, pd.DataFrame) and list(pruned.columns) == ["uid", "key", "run", "action", "reason", "size"]
@@ -220,7 +221,7 @@ def test_cli_dry_run_yes_and_exit_codes(tmp_path: Path) -> None:
     assert left == {k for _, k, _ in records} - deleted | {stuck.key}
     assert Path(stuck.path).exists()
     assert f"deleted {len(deleted) - 1} artifacts, freed " in failed.stdout
-    run = ln.Run.filter(transform__key="lamin-lightning prune").order_by("-created_at").first()
+    run = ln.Run.filter(transform__key="lamin-lightning prune", params__prefix=prefix).order_by("-created_at").first()
     assert run.status == "errored" and run.description.endswith("; 1 deletions failed")
 
     done = cli(prefix, "--yes")  # the fault is gone: the one left is deleted now
@@ -254,7 +255,7 @@ def child_prune(root: Path) -> dict:
     plan = ll.prune(prefix)
     after_dry = every_record(prefix)
     pruned = ll.prune(prefix, dry_run=False)
-    run = ln.Run.filter(transform__key="lamin-lightning prune").one()
+    run = ln.Run.filter(transform__key="lamin-lightning prune", params__prefix=prefix).one()
     return dict(
         deleted_expected=sorted(expected_deletions(prefix, callbacks, logger=False)),
         planned=sorted(plan.key[plan.action == "delete"]), dry_unchanged=after_dry == records,
