@@ -19,7 +19,7 @@ _EXPORTS = {
     "Checkpoint": "checkpoint",
     "SaveConfigCallback": "config",
     "checkpoints": "table",
-    "prune": "prune",
+    "prune": "retention",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .observers import ArtifactObserver
     from .publishing import ArtifactPublishingModelCheckpoint
     from .table import checkpoints
-    from .prune import prune
+    from .retention import prune
 
 
 def __getattr__(name: str) -> Any:

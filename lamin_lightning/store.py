@@ -814,7 +814,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_argument("--trust-shared", action="store_true",
                          help="replay journals that your group can write to or another user owns")
     command.add_argument("--forget", action="store_true", help="list abandoned entries, then drop them from the journal")
-    from lamin_lightning.prune import add_prune_arguments, run_prune  # it imports this module
+    from lamin_lightning.retention import add_prune_arguments, run_prune  # it imports this module
 
     add_prune_arguments(commands.add_parser("prune", help="delete the checkpoints under PREFIX that no run needs"))
     args = parser.parse_args(argv)

@@ -67,6 +67,9 @@ def test_sweep_prune_keeps_exactly_the_kept_set(tmp_path: Path) -> None:
     import lamin_lightning as ll
     from lamin_lightning.testing import TinyModel, block_network
 
+    from lamin_lightning import retention
+
+    assert ll.prune is retention.prune  # importing the module does not shadow the function
     prefix = f"prune-{tmp_path.name}"
     started = time.monotonic()
     callbacks = sweep(tmp_path, prefix, logger=True)
