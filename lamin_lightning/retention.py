@@ -120,7 +120,9 @@ PRUNE_TRANSFORM: Final = "lamin-lightning prune"
 
 def _delete(uid: str) -> str | None:
     "Delete the artifact `uid`, record and bytes; `None` when done, else what went wrong."
-    artifact = ln.Artifact.get(uid=uid)
+    artifact = ln.Artifact.objects.filter(uid=uid).first()
+    if artifact is None:
+        return "deletion failed: the artifact was gone before the prune reached it"
     path = artifact.path
     try:
         with quiet_lamindb():
@@ -157,6 +159,8 @@ def prune(prefix: str, *, keep_best: int = 1, keep_last: bool = True, older_than
     Returns one row per artifact under `prefix`: `uid`, `key`, `run`, `action` (`delete`, `keep`, or `failed`),
     `reason`, `size`; `attrs["bytes"]` is what the deletions free (would free, in a dry run). A real prune is
     recorded as a run of the `lamin-lightning prune` transform, with this table as its output artifact."""
+    if not prefix.strip("/"):
+        raise ValueError("prefix is empty: give the key prefix of the runs to prune, e.g. a sweep's dirpath.")
     require_instance()
     table = _decide(_artifacts(prefix), keep_best, keep_last, older_than)
     if not dry_run and (table.action == "delete").any():

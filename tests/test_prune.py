@@ -147,6 +147,8 @@ def test_policy_options(tmp_path: Path) -> None:
         ll.prune(prefix, older_than="30 days")
     with pytest.raises(ValueError, match="keep_best=-1"):
         ll.prune(prefix, keep_best=-1)
+    with pytest.raises(ValueError, match="prefix is empty: give the key prefix of the runs to prune"):
+        ll.prune("/")
 
 
 def test_versions_of_one_key(tmp_path: Path) -> None:
