@@ -341,7 +341,8 @@ def test_prune_on_postgres(tmp_path: Path) -> None:
         result = run_child("pg", work, child_env(tmp_path / "settings", URL_VARIABLE, url))
     assert result["dialect"] == "postgresql"
     check_child(result)
-    print(f"\nPostgreSQL: sweep and prunes {result['seconds']} s")
+    print(f"\nPostgreSQL: {len(result['sizes'])} artifacts, {len(result['deleted'])} deleted, {len(result['survivors'])} kept, "
+          f"{result['bytes']} bytes freed; sweep and prunes {result['seconds']} s")
 
 
 def test_prune_on_s3(s3: dict) -> None:
@@ -354,7 +355,8 @@ def test_prune_on_s3(s3: dict) -> None:
     objects = set(result["objects"])
     assert not {result["paths"][k] for k in result["deleted"]} & objects  # gone from the bucket
     assert {result["paths"][k] for k in result["survivors"]} <= objects
-    print(f"\nS3: sweep and prunes {result['seconds']} s")
+    print(f"\nS3: {len(result['sizes'])} artifacts, {len(result['deleted'])} deleted, {len(result['survivors'])} kept, "
+          f"{result['bytes']} bytes freed; sweep and prunes {result['seconds']} s")
 
 
 from test_object_storage import s3  # noqa: E402,F401  (the moto server fixture)
