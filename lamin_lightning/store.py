@@ -314,7 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command.add_argument("--trust-shared", action="store_true",
                          help="replay journals that your group can write to or another user owns")
     command.add_argument("--forget", action="store_true", help="list abandoned entries, then drop them from the journal")
+    from lamin_lightning.retention import add_prune_arguments, run_prune  # it imports this module
+
+    add_prune_arguments(commands.add_parser("prune", help="delete the checkpoints under PREFIX that no run needs"))
     args = parser.parse_args(argv)
+    if args.command == "prune":
+        return run_prune(args)
     from lamin_lightning.publisher import sync  # publisher imports this module: imported at the call
     progress = sys.stderr.isatty() or bool(os.environ.get("LAMIN_LIGHTNING_PROGRESS"))
     report = sync(args.path, trust_shared=args.trust_shared, forget=args.forget, progress=progress)
