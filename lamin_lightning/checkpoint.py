@@ -10,6 +10,7 @@ __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'Checkpoint', 'entry_
 # %% ../nbs/07_checkpoint.ipynb #3f096877
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +34,9 @@ from .journal import STAGING, Entry, JournalRefused, is_remote, local_home, prun
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
 from .references import LaminCheckpointIO, fetch_copy, is_reference
-from .store import Publisher, Store, journals, quiet_lamindb, replay, script_transform, storage_root
+from lamin_lightning.store import (
+    Publisher, Store, StoreError, journals, quiet_lamindb, redact, replay, script_transform, storage_root,
+)
 
 # %% ../nbs/07_checkpoint.ipynb #d37a1dad
 def check_key_part(value: str, source: str) -> str:
@@ -558,7 +561,7 @@ def save_checkpoint_artifact(
     taken, self._taken = self._taken, None
     at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
     written = self._io.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
-    work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
+    work = self._guarded(partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written), filepath)
     if self._io is not None and self._io.defer(work):  # on the IO thread, once the file is complete (see below)
         return None
     return work()
@@ -586,6 +589,25 @@ def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at
             if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO): downloaded once
                 entry.path = str(copy or fetch_copy(entry.remote))
     return fit.publisher.submit(entry, written=written)
+
+
+@patch
+def _guarded(self: Checkpoint, work: Callable[[], ln.Artifact | None], filepath: Path | str
+             ) -> Callable[[], ln.Artifact | None]:
+    """`work`, the bookkeeping of `filepath` (inline or on the IO thread), whose failure is logged and never stops
+    training unless `strict`. The store's own `StoreError` (strict mode, a crashed worker) is raised as it was."""
+    def run() -> ln.Artifact | None:
+        try:
+            return work()
+        except StoreError:
+            raise
+        except Exception as error:  # a failure recorded as one: the file stays, the log says which and why
+            if self.strict:
+                raise
+            log.error("lamin_lightning: could not record %s: %s: %s. Training goes on (strict=False); the file stays "
+                      "where Lightning wrote it.", filepath, type(error).__name__, redact(str(error)))
+            return None
+    return run
 
 
 @patch
@@ -639,7 +661,7 @@ def _save_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> No
 def remove_checkpoint_artifact(self: Checkpoint, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
     """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
     asynchronous CheckpointIO, on its thread after the writes handed over before."""
-    work = partial(self._retire, trainer, filepath)
+    work = self._guarded(partial(self._retire, trainer, filepath), filepath)
     if self._io is not None and self._io.defer(work):
         return None
     return work()

@@ -17,9 +17,11 @@ import shutil
 import stat
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import lamindb_setup as ln_setup
 from fastcore.basics import patch
@@ -97,17 +99,32 @@ def stored_path(entry: Entry, filepath: str | Path, *, cloud: bool, key_is_virtu
     return f"{MANAGED}/{entry.uid}{os.path.splitext(filepath)[1]}" if key_is_virtual else entry.key
 
 
+_T = TypeVar("_T")
+
+
+def _made_in(folder: Path, make: Callable[[], _T]) -> _T:
+    """Make `folder`, then run `make`, which creates a file in it; again if the folder went in between: a journal's
+    `close` on another thread removes its folder once emptied (`FileNotFoundError` with the folder there is `make`'s)."""
+    for _ in range(100):
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return make()
+        except FileNotFoundError:
+            if folder.is_dir():
+                raise
+    raise FileNotFoundError(f"{folder} was removed 100 times while a file was being made in it")
+
+
 def place_file(source: str | Path, target: Path) -> None:
     "Put `source`'s bytes at `target`: a hard link where possible, else a copy; an existing `target` is swapped atomically."
     source = Path(os.path.realpath(source))  # `last.ckpt` may be a symlink (save_last="link")
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{uuid.uuid4().hex[:8]}-{target.name}")
     try:
-        os.link(source, staging)
+        _made_in(target.parent, partial(os.link, source, staging))
     except FileNotFoundError:
         raise FileNotFoundError(f"{source} is gone before it was stored") from None
     except OSError:
-        shutil.copyfile(source, staging)  # another filesystem, or links not allowed
+        _made_in(target.parent, partial(shutil.copyfile, source, staging))  # another filesystem, or links not allowed
     os.replace(staging, target)
 
 # %% ../nbs/04_journal.ipynb #r3m0te02
@@ -124,11 +141,13 @@ def local_home(url: str) -> Path:
 
 
 def remote_copy(url: str) -> Path:
-    "A new local path (its folder made) for a copy of the remote file `url`'s bytes, next to its folder's journal."
+    """A new, empty local file for a copy of the remote file `url`'s bytes, next to its folder's journal: made at once,
+    so that a journal closed meanwhile cannot take the folder away before the bytes arrive."""
     parent, _, name = str(url).rstrip("/").rpartition("/")
     folder = local_home(parent) / STAGING
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{uuid.uuid4().hex[:8]}-{name}"
+    path = folder / f"{uuid.uuid4().hex[:8]}-{name}"
+    _made_in(folder, lambda: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)))
+    return path
 
 
 def prune_local_home(url: str) -> None:

@@ -183,30 +183,34 @@ def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
     """Save to the remote `url` through `io_`, and keep a local copy to publish: for Lightning's `TorchCheckpointIO`,
     the bytes it serializes go up once and to the copy (hashed); any other IO's file is downloaded once."""
     copy = remote_copy(url)
-    if type(io_) is not TorchCheckpointIO or storage_options is not None:
-        io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
-        return None, fetch_copy(url, copy)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with buffer.getbuffer() as view:
-        stats = hash_bytes(view)
-        with open(copy, "wb") as file:
-            file.write(view)
-    fs, target = fsspec.core.url_to_fs(url)
     try:
+        if type(io_) is not TorchCheckpointIO or storage_options is not None:
+            io_.save_checkpoint(checkpoint, url, storage_options=storage_options)
+            return None, fetch_copy(url, copy)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with buffer.getbuffer() as view:
+            stats = hash_bytes(view)
+            with open(copy, "wb") as file:
+                file.write(view)
+        fs, target = fsspec.core.url_to_fs(url)
         with fs.transaction:  # as Lightning's `_atomic_save`: object stores take one (multipart) upload
             fs.pipe(target, buffer.getvalue())
     except BaseException:
-        copy.unlink()  # the write failed: no copy left behind
+        copy.unlink(missing_ok=True)  # the write failed: no copy left behind
         raise
     return stats, copy
 
 
 def fetch_copy(url: str, copy: Path | None = None) -> Path:
     "Download the remote file `url` once, to a local copy to publish."
-    copy = copy or remote_copy(url)
+    copy = copy or remote_copy(url)  # made at once: the folder stays while the bytes come (see `remote_copy`)
     fs, target = fsspec.core.url_to_fs(url)
-    fs.get_file(target, str(copy))
+    try:
+        fs.get_file(target, str(copy))
+    except BaseException:
+        copy.unlink(missing_ok=True)
+        raise
     return copy
 
 # %% ../nbs/06_references.ipynb #f6a00023
@@ -237,9 +241,11 @@ class _Write(threading.Event):
         self.error, self.stats, self.copy, self.held = error, stats, copy, None  # freed here, not by training
         with self._guard:
             self._over, callbacks = True, self._callbacks
-        for callback in callbacks:  # outside the guard: `when_done` on the training thread never waits for them
-            callback(error)
-        self.set()
+        try:
+            for callback in callbacks:  # outside the guard: `when_done` on the training thread never waits for them
+                callback(error)
+        finally:
+            self.set()  # whatever a callback raised: nothing waits for this write forever
 
 
 def with_aliases(checkpoint: dict[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:
