@@ -91,7 +91,7 @@ def _one(reference: Reference, found: list[ln.Artifact], looked_up: str) -> ln.A
 
 def resolve(reference: str | Reference) -> ln.Artifact:
     "The one artifact `reference` names."
-    require_instance()
+    require_instance(f"before resolving {reference}")
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
     if not database_reachable():
         raise ConnectionError(f"{ref}: a lamin:// reference is resolved in LaminDB's database, which this node cannot "

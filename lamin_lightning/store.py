@@ -7,17 +7,16 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/store.html.md"""
 # %% auto #0
 __all__ = ['PART_SIZE', 'HOLD_SECONDS', 'storage_root', 'register_managed', 'quiet_lamindb', 'Store', 'write_transaction',
            's3_etags', 'copy_target', 'copy_in_cloud', 'script_transform', 'StoreError', 'redact', 'Publisher',
-           'lower_priority', 'Report', 'journals', 'replay', 'sync', 'main']
+           'lower_priority', 'Report', 'journals', 'replay', 'sync']
 
 # %% ../nbs/05_store.ipynb #d4e5f604
-import argparse
 import hashlib
 import os
 import queue
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -793,7 +792,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
 # %% ../nbs/05_store.ipynb #d4e5f628
 def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = False, progress: bool = False) -> Report:
     "Replay every journal under `path` (a folder, a journal, or the URL of a remote checkpoint folder)."
-    require_instance()
+    require_instance("before replaying journals")
     report = Report()
     for found in journals(path):
         try:
@@ -805,24 +804,3 @@ def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = F
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    "`lamin-lightning sync [PATH]`: publish what interrupted fits left in their journals; exit 0, 1 or 2 as `Report`."
-    parser = argparse.ArgumentParser(prog="lamin-lightning", description="LaminDB checkpoints for Lightning.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("sync", help="replay the journals under PATH (default: the current folder)")
-    command.add_argument("path", nargs="?", default=".")
-    command.add_argument("--trust-shared", action="store_true",
-                         help="replay journals that your group can write to or another user owns")
-    command.add_argument("--forget", action="store_true", help="list abandoned entries, then drop them from the journal")
-    args = parser.parse_args(argv)
-    progress = sys.stderr.isatty() or bool(os.environ.get("LAMIN_LIGHTNING_PROGRESS"))
-    report = sync(args.path, trust_shared=args.trust_shared, forget=args.forget, progress=progress)
-    print(f"published {report.published}; {report.pending} still pending; {len(report.abandoned)} abandoned")
-    for title, rows in (("abandoned (its bytes are gone)", report.abandoned), ("forgotten", report.forgotten)):
-        for journal, entry in rows:
-            print(f"{title}: {entry.key} ({Path(journal).parent.parent / entry.path}) in {journal}")
-    for refusal in report.refused:
-        print(f"refused: {refusal}")
-    for journal in report.busy:
-        print(f"skipped: {journal} is held by a running fit")
-    return report.exit_code

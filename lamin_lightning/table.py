@@ -26,7 +26,7 @@ def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -
 
     Columns: `key`, `uid`, `epoch`, `step`, `score`, `model_rank`, `is_best_model`, `is_last_model`, `size` (bytes),
     `created_at`, `run` (the uid of the run that made it). A value that was not recorded is `<NA>`."""
-    require_instance()
+    require_instance("before listing checkpoints")
     artifacts = ln.Artifact.filter(suffix=".ckpt")
     if prefix is not None:
         artifacts = artifacts.filter(key__startswith=prefix.rstrip("/") + "/")
