@@ -17,6 +17,16 @@ def test_undocumented_names_are_reported() -> None:
     assert problems == ["page: bare has no text", "page: nosig has no signature", "page: missing has no heading"]
 
 
+def test_unreadable_types_are_reported() -> None:
+    page = """<pre><code>x = typing.Union  # a code cell: not checked</code></pre><div class="jp-OutputArea">
+    <pre><code>def f(entry:__main__.Entry, dirpath:str | Path | None=None, mode:Literal["min"]='min')</code></pre>
+    <table><tr><td>save_last</td><td>Union</td><td>None</td></tr><tr><td>mode</td><td>Literal</td></tr></table>
+    <p>Union of the two, in prose, is fine.</p></div>"""
+    assert docs_check.unreadable_types("page", page) == [
+        "page: a type is shown as 'Literal'", "page: a type is shown as 'Union'",
+        "page: a type is shown as '__main__.Entry'"]
+
+
 def test_display_cells_are_told_from_the_rest() -> None:
     assert docs_check.is_display("table.head()")
     assert docs_check.is_display("x = 1\nx, x + 1")
