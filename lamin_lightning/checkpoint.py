@@ -812,6 +812,14 @@ def teardown(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModul
         self._close_fit()
 
 
+def _nothing_ran(fit: _FitState) -> bool:
+    "Whether a fit stopped before its first batch, with nothing recorded: its run says nothing worth keeping."
+    publisher = fit.publisher
+    started = fit.trainer.fit_loop.epoch_loop.batch_progress.total.started
+    return started == 0 and not fit.entries and publisher.published == 0 and not publisher.pending and \
+        publisher.journal is None and not fit.run.input_artifacts.exists()
+
+
 @patch
 def _close_fit(self: Checkpoint, failed: bool = False) -> None:
     if self._fit is None:
@@ -824,7 +832,10 @@ def _close_fit(self: Checkpoint, failed: bool = False) -> None:
     try:
         fit.publisher.close()
     finally:
-        if fit.own_run and fit.run is not None:
+        if fit.own_run and fit.run is not None and failed and _nothing_ran(fit):
+            with quiet_lamindb():
+                fit.run.delete(permanent=True)  # a fit that failed before its first batch (a bad ckpt_path): no run
+        elif fit.own_run and fit.run is not None:
             end_run(fit.run, failed=failed)
         if self.dirpath is not None and is_remote(self.dirpath):
             prune_local_home(self.dirpath)  # nothing stays in the cache once all is published
