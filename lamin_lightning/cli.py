@@ -13,6 +13,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
+
+from typing_extensions import override
 
 from . import __version__
 
@@ -30,7 +33,8 @@ EX_USAGE, EX_CONFIG = 64, 78
 class _Parser(argparse.ArgumentParser):
     "argparse's parser, with `EX_USAGE` for usage errors: its own exit code 2 is ours for abandoned entries."
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    @override
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 

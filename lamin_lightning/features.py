@@ -41,7 +41,8 @@ def save_lightning_features() -> None:
     save_weights_only (bool), monitor, mode (str), and our epoch, step (int). Run features: logger_name, logger_version, precision, monitor,
     mode (str), max_epochs, max_steps, accumulate_grad_batches (int), gradient_clip_val (float).
     """
-    require_instance("before saving the features")
+    if not ln_setup.settings.is_configured:  # lamindb's query would fail with Django's traceback
+        require_instance("before saving the features")
     feature_type = _feature_type()
     if feature_type is None:
         feature_type = ln.Feature(name=FEATURE_TYPE, is_type=True, type=None,  # a root type: no "pass type" tip
