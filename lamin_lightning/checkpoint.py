@@ -10,6 +10,7 @@ __all__ = ['check_key_part', 'key_prefix', 'artifact_key', 'Checkpoint', 'entry_
 # %% ../nbs/07_checkpoint.ipynb #3f096877
 import os
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,7 +32,7 @@ from .features import FitFeatures, database_reachable, parse_feature_spec, requi
 from .journal import STAGING, Entry, JournalRefused, stored_path
 from .observers import ArtifactObserver, log
 from .publishing import ArtifactPublishingModelCheckpoint, logger_dir, logger_parts
-from .publisher import Publisher, journals, replay
+from .publisher import Publisher, StoreError, journals, redact, replay
 from .store import Store, quiet_lamindb, script_transform, storage_root
 from .upstream import set_run_status
 from .checkpoint_io import LaminCheckpointIO
@@ -559,7 +560,7 @@ def save_checkpoint_artifact(
     taken, self._taken = self._taken, None
     at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
     written = self._io.writes.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
-    work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
+    work = self._guarded(partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written), filepath)
     if self._io is not None and self._io.writes.defer(work):  # on the IO thread, once the file is complete (see below)
         return None
     return work()
@@ -587,6 +588,25 @@ def _journal_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str, at
             if entry.remote is not None:  # a remote file our IO did not write (best.ckpt, a user's IO): downloaded once
                 entry.path = str(copy or fetch_copy(entry.remote))
     return fit.publisher.submit(entry, written=written)
+
+
+@patch
+def _guarded(self: Checkpoint, work: Callable[[], ln.Artifact | None], filepath: Path | str
+             ) -> Callable[[], ln.Artifact | None]:
+    """`work`, the bookkeeping of `filepath` (inline or on the IO thread), whose failure is logged and never stops
+    training unless `strict`. The store's own `StoreError` (strict mode, a crashed worker) is raised as it was."""
+    def run() -> ln.Artifact | None:
+        try:
+            return work()
+        except StoreError:
+            raise
+        except Exception as error:  # a failure recorded as one: the file stays, the log says which and why
+            if self.strict:
+                raise
+            log.error("lamin_lightning: could not record %s: %s: %s. Training goes on (strict=False); the file stays "
+                      "where Lightning wrote it.", filepath, type(error).__name__, redact(str(error)))
+            return None
+    return run
 
 
 @patch
@@ -640,7 +660,7 @@ def _save_checkpoint(self: Checkpoint, trainer: pl.Trainer, filepath: str) -> No
 def remove_checkpoint_artifact(self: Checkpoint, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
     """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
     asynchronous CheckpointIO, on its thread after the writes handed over before."""
-    work = partial(self._retire, trainer, filepath)
+    work = self._guarded(partial(self._retire, trainer, filepath), filepath)
     if self._io is not None and self._io.writes.defer(work):
         return None
     return work()
@@ -784,6 +804,14 @@ def teardown(self: Checkpoint, trainer: pl.Trainer, pl_module: pl.LightningModul
         self._close_fit()
 
 
+def _nothing_ran(fit: _FitState) -> bool:
+    "Whether a fit stopped before its first batch, with nothing recorded: its run says nothing worth keeping."
+    publisher = fit.publisher
+    started = fit.trainer.fit_loop.epoch_loop.batch_progress.total.started
+    return started == 0 and not fit.entries and publisher.published == 0 and not publisher.pending and \
+        publisher.journal is None and not fit.run.input_artifacts.exists()
+
+
 @patch
 def _close_fit(self: Checkpoint, failed: bool = False) -> None:
     if self._fit is None:
@@ -796,7 +824,10 @@ def _close_fit(self: Checkpoint, failed: bool = False) -> None:
     try:
         fit.publisher.close()
     finally:
-        if fit.own_run and fit.run is not None:
+        if fit.own_run and fit.run is not None and failed and _nothing_ran(fit):
+            with quiet_lamindb():
+                fit.run.delete(permanent=True)  # a fit that failed before its first batch (a bad ckpt_path): no run
+        elif fit.own_run and fit.run is not None:
             end_run(fit.run, failed=failed)
         if self.dirpath is not None and is_remote(self.dirpath):
             prune_local_home(self.dirpath)  # nothing stays in the cache once all is published
