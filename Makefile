@@ -44,7 +44,7 @@ bench: env
 # Every page rendered to HTML without Quarto and checked (headings, signatures, text, stored outputs), plus
 # screenshots of three pages in _docs_check/ (installs Debian's chromium when missing).
 docs-check: env
-	rm -rf _proc && $(BIN)/nbdev-proc-nbs 2>/dev/null
+	rm -rf _proc && $(BIN)/python tools/proc_nbs.py 2>/dev/null  # nbdev-proc-nbs without its offer to install Quarto
 	$(BIN)/python tools/docs_check.py
 
 # README.md is made from nbs/index.ipynb (nbdev-readme needs Quarto); tests/test_readme.py checks they match.

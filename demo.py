@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEMO = HERE / ".demo"
+DEMO = Path(os.environ.get("LAMIN_LIGHTNING_DEMO", HERE / ".demo"))  # tests/test_first_hour.py runs it elsewhere
 shutil.rmtree(DEMO, ignore_errors=True)  # every run starts from scratch
 os.environ["LAMIN_SETTINGS_DIR"] = str(DEMO / "settings")  # never ~/.lamin; set before lamindb is imported
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
@@ -13,6 +13,7 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 from lamin_lightning.testing import NetworkGuard, TinyData, TinyModel, init_local_instance  # noqa: E402
 
 guard = NetworkGuard().install()  # the whole demo runs with the network refused
+init_local_instance(DEMO / "storage")  # before lamindb is imported: else lamindb_setup sets Django up twice, and says so
 
 import lamindb as ln  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
@@ -20,7 +21,6 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 import lamin_lightning as ll  # noqa: E402
 
-init_local_instance(DEMO / "storage")
 ln.settings.verbosity = "error"  # keep the demo output to the table
 ll.save_lightning_features()
 

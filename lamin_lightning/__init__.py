@@ -19,6 +19,7 @@ _EXPORTS = {
     "Checkpoint": "checkpoint",
     "SaveConfigCallback": "config",
     "checkpoints": "table",
+    "prune": "retention",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .publisher import sync
     from .publishing import ArtifactPublishingModelCheckpoint
     from .table import checkpoints
+    from .retention import prune
 
 
 def __getattr__(name: str) -> Any:

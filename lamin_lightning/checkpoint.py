@@ -9,6 +9,7 @@ __all__ = ['Checkpoint']
 
 # %% ../nbs/07_checkpoint.ipynb #3f096877
 import os
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import timedelta
 from functools import partial
@@ -28,11 +29,20 @@ from .features import FitFeatures, database_reachable, parse_feature_spec, requi
 from .fit import _AtSave, _FitSetup, _FitState, end_run, entry_point, start_run
 from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
-from .publisher import Publisher
-from .store import Store, storage_root
+from .publisher import Publisher, StoreError, redact
+from .store import Store, quiet_lamindb, storage_root
 from .writes import is_remote, prune_local_home
 
 # %% ../nbs/07_checkpoint.ipynb #e1a2b316
+def _nothing_ran(fit: _FitState) -> bool:
+    "Whether a fit stopped before its first batch, with nothing recorded: its run says nothing worth keeping."
+    publisher = fit.publisher
+    total = fit.trainer.fit_loop.epoch_loop.batch_progress.total  # typed as a tracker without `started`, which it has
+    started = getattr(total, "started", 0)
+    return started == 0 and not fit.entries and publisher.published == 0 and not publisher.pending and \
+        publisher.journal is None and fit.run is not None and not fit.run.input_artifacts.exists()
+
+
 class _FitEnd(_FitSetup):
     "The end of a fit: the events of its persisted entries, then everything published and its run ended."
 
@@ -60,7 +70,10 @@ class _FitEnd(_FitSetup):
         try:
             fit.publisher.close()
         finally:
-            if fit.own_run and fit.run is not None:
+            if fit.own_run and fit.run is not None and failed and _nothing_ran(fit):
+                with quiet_lamindb():
+                    fit.run.delete(permanent=True)  # a fit that failed before its first batch (a bad ckpt_path): no run
+            elif fit.own_run and fit.run is not None:
                 end_run(fit.run, failed=failed)
             if self.dirpath is not None and is_remote(self.dirpath):
                 prune_local_home(str(self.dirpath))  # nothing stays in the cache once all is published
@@ -110,6 +123,24 @@ class _FitStart(_FitEnd):
                               pending_run=(base62_20(), entry_point()), cloud=storage_root() is None)
         return self._fit
 
+# %% ../nbs/07_checkpoint.ipynb #ck96e981
+def _guarded(work: Callable[[], ln.Artifact | None], filepath: Path | str, strict: bool
+             ) -> Callable[[], ln.Artifact | None]:
+    """`work`, the bookkeeping of `filepath` (inline or on the IO thread), whose failure is logged and never stops
+    training unless `strict`. The store's own `StoreError` (strict mode, a crashed worker) is raised as it was."""
+    def run() -> ln.Artifact | None:
+        try:
+            return work()
+        except StoreError:
+            raise
+        except Exception as error:  # a failure recorded as one: the file stays, the log says which and why
+            if strict:
+                raise
+            log.error("lamin_lightning: could not record %s: %s: %s. Training goes on (strict=False); the file stays "
+                      "where Lightning wrote it.", filepath, type(error).__name__, redact(str(error)))
+            return None
+    return run
+
 # %% ../nbs/07_checkpoint.ipynb #e1a2b311
 class _Saving(_FitStart):
     "Saving: each checkpoint, `hparams.yaml` and `config.yaml` journaled, then published."
@@ -129,7 +160,8 @@ class _Saving(_FitStart):
         taken, self._taken = self._taken, None
         at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
         written = self._io.writes.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
-        work = partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written)
+        work = _guarded(partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written), filepath,
+                        self.strict)
         if self._io is not None and self._io.writes.defer(work):  # on the IO thread, once the file is complete (see below)
             return None
         return work()
@@ -176,7 +208,7 @@ class _Removing(_Saving):
     def remove_checkpoint_artifact(self, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
         """Retire the artifact of an evicted checkpoint if this fit published it; artifacts of other fits stay. Under an
         asynchronous CheckpointIO, on its thread after the writes handed over before."""
-        work = partial(self._retire, trainer, filepath)
+        work = _guarded(partial(self._retire, trainer, filepath), filepath, self.strict)
         if self._io is not None and self._io.writes.defer(work):
             return None
         return work()

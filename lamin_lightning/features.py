@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/features.html.md"""
 # %% auto #0
 __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', 'NO_INSTANCE_MESSAGE', 'save_lightning_features',
            'parse_feature_spec', 'coerce_value', 'FitFeatures', 'NamedFeature', 'features_by_name', 'ValueWriter',
-           'require_instance', 'database_reachable']
+           'NoInstance', 'require_instance', 'database_reachable']
 
 # %% ../nbs/03_features.ipynb #ec56ea34
 from collections.abc import Callable, Iterable, Mapping
@@ -43,10 +43,13 @@ def save_lightning_features() -> None:
     save_weights_only (bool), monitor, mode (str), and our epoch, step (int). Run features: logger_name, logger_version, precision, monitor,
     mode (str), max_epochs, max_steps, accumulate_grad_batches (int), gradient_clip_val (float).
     """
+    if not ln_setup.settings.is_configured:  # lamindb's query would fail with Django's traceback
+        require_instance("before saving the features")
     feature_type = _feature_type()
     if feature_type is None:
-        feature_type = ln.Feature(name=FEATURE_TYPE, is_type=True,
-                                  description="Auto-generated features tracking lightning parameters & metrics")
+        feature_type = ln.Feature(  # type: ignore[call-overload]  # its stubs lack `type` for a type
+            name=FEATURE_TYPE, is_type=True, type=None,  # a root type: no "pass type" tip
+            description="Auto-generated features tracking lightning parameters & metrics")
         mark_lightning_type(feature_type)  # as lamindb's integration marks it
         feature_type.save()
     existing = set(ln.Feature.filter(type=feature_type).values_list("name", flat=True))
@@ -228,10 +231,14 @@ NO_INSTANCE_MESSAGE: Final = (
 )
 
 
-def require_instance() -> None:
-    "Raise `RuntimeError` with the fix if no LaminDB instance is connected."
+class NoInstance(RuntimeError):
+    "No LaminDB instance is connected."
+
+
+def require_instance(when: str = "before training") -> None:
+    "Raise `NoInstance` with the fix if no LaminDB instance is connected; `when` says what waits for one."
     if not ln_setup.settings.is_configured:
-        raise RuntimeError(NO_INSTANCE_MESSAGE)
+        raise NoInstance(NO_INSTANCE_MESSAGE.removesuffix("before training.") + when + ".")
 
 
 def database_reachable() -> bool:

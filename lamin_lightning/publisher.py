@@ -434,7 +434,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
 
 def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = False, progress: bool = False) -> Report:
     "Replay every journal under `path` (a folder, a journal, or the URL of a remote checkpoint folder)."
-    require_instance()
+    require_instance("before replaying journals")
     report = Report()
     for found in journals(path):
         try:
@@ -444,4 +444,3 @@ def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = F
     if is_remote(path):
         prune_local_home(str(path))
     return report
-

@@ -9,6 +9,7 @@ __all__ = ['SCHEME', 'is_reference', 'Reference', 'ReferenceNotFound', 'resolve'
            'read_references_in_cli']
 
 # %% ../nbs/06_references.ipynb #f6a00004
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,9 +66,10 @@ def _instance() -> str:
     return ln_setup.settings.instance.slug
 
 
-def _one(reference: Reference, found: list[ln.Artifact], looked_up: str) -> ln.Artifact:
+def _one(reference: Reference, found: list[ln.Artifact], looked_up: str, hint: str = "") -> ln.Artifact:
     if not found:
-        raise ReferenceNotFound(f"{reference}: no artifact with {looked_up} in the LaminDB instance {_instance()!r}.")
+        raise ReferenceNotFound(f"{reference}: no artifact with {looked_up} in the LaminDB instance {_instance()!r}."
+                                + hint)
     if len(found) > 1:
         listed = ", ".join(f"{a.uid} ({a.key})" for a in found[:5])
         raise ValueError(f"{reference} is ambiguous: {len(found)} artifacts match {looked_up}: {listed}. Use a uid.")
@@ -76,7 +78,7 @@ def _one(reference: Reference, found: list[ln.Artifact], looked_up: str) -> ln.A
 
 def resolve(reference: str | Reference) -> ln.Artifact:
     "The one artifact `reference` names."
-    require_instance()
+    require_instance(f"before resolving {reference}")
     ref = reference if isinstance(reference, Reference) else Reference.parse(reference)
     if not database_reachable():
         raise ConnectionError(f"{ref}: a lamin:// reference is resolved in LaminDB's database, which this node cannot "
@@ -84,6 +86,11 @@ def resolve(reference: str | Reference) -> ln.Artifact:
                               "reachable.")
     if ref.selector is not None:
         flag = _SELECTORS[ref.selector]
+        if not ln.Feature.filter(name=flag).exists():  # else lamindb's filter lists every field it knows instead
+            raise ReferenceNotFound(
+                f"{ref}: the LaminDB instance {_instance()!r} has no feature {flag!r}, so no checkpoint is flagged "
+                f"@{ref.selector}: call `lamin_lightning.save_lightning_features()` once, and the fits after it flag "
+                "their checkpoints; until then, use a checkpoint's key or uid.")
         flagged = ln.Artifact.filter(**{flag: True})  # lamindb reads a filter as features only if its first key is one
         found = flagged.filter(key__startswith=f"{ref.target}/").order_by("-created_at", "-id")
         return _one(ref, list(found[:1]), f"{flag}=True under the key prefix {ref.target + '/'!r}")
@@ -96,7 +103,20 @@ def resolve(reference: str | Reference) -> ln.Artifact:
     if by_uid and by_key and {a.id for a in by_uid} != {a.id for a in by_key}:
         raise ValueError(f"{ref} is ambiguous: the uid {by_uid[0].uid} and the key {by_key[0].key!r} "
                          f"(uid {by_key[0].uid}) both match. Use the full 20-character uid.")
-    return _one(ref, by_uid or by_key, f"uid or key {ref.target!r}")
+    return _one(ref, by_uid or by_key, f"uid or key {ref.target!r}", "" if by_uid or by_key else _hint(ref))
+
+
+def _hint(ref: Reference) -> str:
+    "What to write instead of a reference without selector that matched nothing: a selector, or the one meant."
+    target, at, word = ref.target.rpartition("@")
+    if at and target and "/" not in word:  # `…@lats`: meant as a selector
+        near = difflib.get_close_matches(word, list(_SELECTORS), n=1, cutoff=0.5)
+        meant = f" (did you mean lamin://{target.rstrip('/')}@{near[0]}?)" if near else ""
+        return f" '@{word}' is not a selector: the selectors are @best and @last{meant}."
+    if ln.Artifact.filter(key__startswith=f"{ref.target.rstrip('/')}/").exists():
+        return (f" It is a key prefix: add a selector to pick one of the artifacts under it, "
+                f"lamin://{ref.target.rstrip('/')}@best or @last.")
+    return ""
 
 # %% ../nbs/06_references.ipynb #f6a00017
 def local_path(reference: str | Reference, record: bool = True) -> tuple[Path, ln.Artifact]:

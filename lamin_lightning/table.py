@@ -8,6 +8,9 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/table.html.md"""
 __all__ = ['COLUMNS', 'checkpoints']
 
 # %% ../nbs/10_table.ipynb #a10b0004
+import difflib
+import warnings
+
 import lamindb as ln
 import pandas as pd
 
@@ -26,7 +29,7 @@ def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -
 
     Columns: `key`, `uid`, `epoch`, `step`, `score`, `model_rank`, `is_best_model`, `is_last_model`, `size` (bytes),
     `created_at`, `run` (the uid of the run that made it). A value that was not recorded is `<NA>`."""
-    require_instance()
+    require_instance("before listing checkpoints")
     artifacts = ln.Artifact.filter(suffix=".ckpt")
     if prefix is not None:
         artifacts = artifacts.filter(key__startswith=prefix.rstrip("/") + "/")
@@ -35,6 +38,11 @@ def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -
     rows = pd.DataFrame.from_records(
         list(artifacts.values_list("id", "key", "uid", "size", "created_at", "run__uid")),
         columns=["id", "key", "uid", "size", "created_at", "run"])
+    if rows.empty and prefix is not None:
+        near = ", ".join(repr(p) for p in _nearest_prefixes(prefix)) or "none comes close"
+        warnings.warn(f"checkpoints({prefix!r}): no checkpoint has a key under {prefix.rstrip('/') + '/'!r}"
+                      f"{' made by that run' if run is not None else ''}; the nearest key prefixes with "
+                      f"checkpoints: {near}.", stacklevel=2)
     values = ln.models.ArtifactJsonValue.objects.filter(
         artifact__in=artifacts.values("id"), jsonvalue__feature__type__name=FEATURE_TYPE,
         jsonvalue__feature__name__in=list(_FEATURES),
@@ -44,3 +52,15 @@ def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -
     table = rows.join(wide, on="id").astype(_FEATURES)
     table = table.sort_values(["step", "created_at"], na_position="last", kind="stable")
     return table[COLUMNS].reset_index(drop=True)
+
+
+def _nearest_prefixes(prefix: str, n: int = 3) -> list[str]:
+    "Key prefixes with checkpoints nearest to `prefix`, among those under the longest part of it that has any."
+    parts, keys = prefix.rstrip("/").split("/"), []
+    for depth in range(len(parts) - 1, -1, -1):  # `logs/quickstart/versio`: `logs/quickstart/`, then `logs/`, ...
+        base = "/".join(parts[:depth])
+        found = ln.Artifact.filter(suffix=".ckpt", key__startswith=f"{base}/" if base else "")
+        if keys := list(found.values_list("key", flat=True)[:2000]):
+            break
+    candidates = {"/".join(key.split("/")[:i]) for key in keys for i in range(1, key.count("/") + 1)} - {""}
+    return difflib.get_close_matches(prefix.rstrip("/"), sorted(candidates), n=n, cutoff=0.6)

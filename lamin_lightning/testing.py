@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/testing.html.md"""
 
 # %% auto #0
 __all__ = ['TEST_MARKER', 'isolate_settings', 'init_local_instance', 'use_test_instance', 'NetworkBlocked', 'NetworkGuard',
-           'block_network', 'TinyModel', 'TinyData', 'tiny_trainer', 'EventRecorder', 'TableRenderer']
+           'block_network', 'TinyModel', 'TinyData', 'tiny_trainer', 'EventRecorder', 'type_name', 'TableRenderer']
 
 # %% ../nbs/09_testing.ipynb #bf89b8cf
 import os
@@ -213,9 +213,42 @@ class EventRecorder:
         return [("saved" if isinstance(e, ArtifactSavedEvent) else "removed", e.kind, e.key) for e in self.events]
 
 # %% ../nbs/09_testing.ipynb #a1b2c3d5
+import inspect
 import re
+import types
+import typing
 
-from fastcore.docments import DocmentTbl, DocmentText, MarkdownRenderer
+from fastcore.docments import DocmentTbl, DocmentText, MarkdownRenderer, ann_parts
+
+
+def type_name(anno: Any) -> str:
+    """A type as a reader writes it: `Entry` (not `__main__.Entry` or `lamin_lightning.journal.Entry`),
+    `str | Path | None` (not `Union`), `Literal["min", "max"]`, `dict[str, Any]`."""
+    anno = ann_parts(anno)[0]
+    if anno is None or anno is type(None):
+        return "None"
+    if isinstance(anno, str):  # a forward reference
+        return anno
+    if isinstance(anno, (list, tuple)):  # `Callable`'s parameters
+        return "[" + ", ".join(type_name(a) for a in anno) + "]"
+    if anno is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(anno), typing.get_args(anno)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "Literal[" + ", ".join(f'"{a}"' if isinstance(a, str) else repr(a) for a in args) + "]"
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or re.sub(r"^typing\.", "", str(origin))
+        return f"{name}[{', '.join(type_name(a) for a in args)}]" if args else name
+    return getattr(anno, "__qualname__", None) or getattr(anno, "__name__", None) or str(anno)
+
+
+def _readable(dm: dict[str, Any]) -> None:
+    "Each annotation in docments `dm` as its `type_name` (fastcore would print `__main__.Entry`, or `Union`)."
+    for param in dm.values():
+        if param.get("anno", inspect.Parameter.empty) is not inspect.Parameter.empty:
+            param["anno"] = type_name(param["anno"])
 
 
 class TableRenderer(MarkdownRenderer):
@@ -224,6 +257,7 @@ class TableRenderer(MarkdownRenderer):
     def signature(self) -> str:
         "The signature without its docments comments."
         text = DocmentText(self.sym, maxline=self.maxline, docstring=False)
+        _readable(text.dm)
         for param in text.dm.values():
             param["docment"] = None
         if isinstance(self.sym, type):  # a class: its constructor's parameters, no return type
@@ -236,9 +270,11 @@ class TableRenderer(MarkdownRenderer):
 
     def table(self) -> str:
         "The parameters (and return type) as a markdown table; empty when nothing is documented."
-        if isinstance(self.sym, type):
-            return DocmentTbl(self.sym, returns=False)._repr_markdown_()
-        return DocmentTbl(self.sym)._repr_markdown_() if self.isfunc else ""
+        if not isinstance(self.sym, type) and not self.isfunc:
+            return ""
+        table = DocmentTbl(self.sym, returns=not isinstance(self.sym, type))
+        _readable(table.dm)
+        return table._repr_markdown_()
 
     def _repr_markdown_(self) -> str:
         from nbdev.doclinks import NbdevLookup

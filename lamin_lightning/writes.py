@@ -26,7 +26,7 @@ from lamindb_setup.core.hashing import HASH_LENGTH, to_b64_str
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
-from .journal import MANAGED, STAGING, Entry
+from .journal import MANAGED, STAGING, Entry, made_in
 from .observers import log
 
 # %% ../nbs/06a_writes.ipynb #r3m0te02
@@ -43,11 +43,13 @@ def local_home(url: str) -> Path:
 
 
 def remote_copy(url: str) -> Path:
-    "A new local path (its folder made) for a copy of the remote file `url`'s bytes, next to its folder's journal."
+    """A new, empty local file for a copy of the remote file `url`'s bytes, next to its folder's journal: made at once,
+    so that a journal closed meanwhile cannot take the folder away before the bytes arrive."""
     parent, _, name = str(url).rstrip("/").rpartition("/")
     folder = local_home(parent) / STAGING
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{uuid.uuid4().hex[:8]}-{name}"
+    path = folder / f"{uuid.uuid4().hex[:8]}-{name}"
+    made_in(folder, lambda: os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)))
+    return path
 
 
 def prune_local_home(url: str) -> None:

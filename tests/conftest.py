@@ -1,9 +1,17 @@
 """Test isolation for notebooks and tests alike: a throwaway LaminDB settings folder and no network."""
 import os
+import shutil
 import tempfile
 
+# Everything the suite writes to the temporary folder goes into one folder, deleted when the session ends: the test
+# instance (its storage holds every checkpoint of the suite), the notebooks' `mkdtemp()` folders, pytest's `tmp_path`
+# and whatever subprocesses make (they inherit TMPDIR). Readable by others: the PostgreSQL server's user enters it.
+_root = tempfile.mkdtemp(prefix="lamin-lightning-tests-")
+os.chmod(_root, 0o755)
+os.environ["TMPDIR"] = tempfile.tempdir = _root
 # Before anything imports lamindb: lamindb_setup reads LAMIN_SETTINGS_DIR once, at import.
-_settings = tempfile.mkdtemp(prefix="lamin-lightning-tests-")
+_settings = os.path.join(_root, "settings")
+os.mkdir(_settings)
 os.environ["LAMIN_SETTINGS_DIR"] = os.environ["LAMIN_LIGHTNING_TEST"] = _settings
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # execnb runs notebook cells from a thread that has seen an event loop; Django then refuses synchronous queries
@@ -23,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     GUARD.uninstall()
+    shutil.rmtree(_root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """`make docs-check` catches what it promises to: a public name without heading, signature or text, and a display
 cell without its stored output (tools/docs_check.py, checked here on small pages)."""
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ def test_undocumented_names_are_reported() -> None:
     assert problems == ["page: bare has no text", "page: nosig has no signature", "page: missing has no heading"]
 
 
+def test_unreadable_types_are_reported() -> None:
+    page = """<pre><code>x = typing.Union  # a code cell: not checked</code></pre><div class="jp-OutputArea">
+    <pre><code>def f(entry:__main__.Entry, dirpath:str | Path | None=None, mode:Literal["min"]='min')</code></pre>
+    <table><tr><td>save_last</td><td>Union</td><td>None</td></tr><tr><td>mode</td><td>Literal</td></tr></table>
+    <p>Union of the two, in prose, is fine.</p></div>"""
+    assert docs_check.unreadable_types("page", page) == [
+        "page: a type is shown as 'Literal'", "page: a type is shown as 'Union'",
+        "page: a type is shown as '__main__.Entry'"]
+
+
 def test_display_cells_are_told_from_the_rest() -> None:
     assert docs_check.is_display("table.head()")
     assert docs_check.is_display("x = 1\nx, x + 1")
@@ -28,13 +39,16 @@ def test_display_cells_are_told_from_the_rest() -> None:
 
 
 def test_notebooks_process_for_quarto(tmp_path: Path) -> None:
-    "`nbdev-proc-nbs`, all that Quarto's input needs, runs every notebook's import and `show_doc` cells without error."
+    """`nbdev-proc-nbs` (as `tools/proc_nbs.py`: all that Quarto's input needs) runs every notebook's import and
+    `show_doc` cells without error, and without offering to install Quarto (with `sudo`)."""
     import os
     import subprocess
 
     root = Path(__file__).parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAMIN_")} | {"LAMIN_SETTINGS_DIR": str(tmp_path)}
-    done = subprocess.run([str(Path(sys.executable).parent / "nbdev-proc-nbs")], cwd=root, env=env,
+    args = re.search(r"\$\(BIN\)/(python tools/proc_nbs.py|nbdev-proc-nbs)", (root / "Makefile").read_text()).group(1)
+    done = subprocess.run([str(Path(sys.executable).parent / args.split()[0]), *args.split()[1:]], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Quarto" not in done.stdout + done.stderr and not (root / ".installing").exists(), done.stdout[-2000:]
     assert (root / "_proc" / "07_checkpoint.ipynb").exists()

@@ -107,6 +107,41 @@ def test_database_raises_strict(tmp_path: Path, monkeypatch) -> None:
     assert journal_files(dirpath) == []
 
 
+@pytest.mark.parametrize("io", ["sync", "async"])
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+def test_bookkeeping_failure_never_stops_training(tmp_path: Path, monkeypatch, caplog, io: str, strict: bool) -> None:
+    """1c. Building a save's entry raises (a bug, a download that fails), inline and on AsyncCheckpointIO's thread:
+    logged with the file, and training goes on; with strict=True it stops."""
+    use_test_instance()
+    from lightning.pytorch.plugins.io import AsyncCheckpointIO
+
+    from lamin_lightning.checkpoint import Checkpoint
+
+    calls = {"n": 0}
+    prepare = Checkpoint._prepare
+
+    def failing_prepare(self, trainer, filepath, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise FileNotFoundError(f"{filepath}: gone")
+        return prepare(self, trainer, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpoint, "_prepare", failing_prepare)
+    callback = checkpoint(tmp_path / "ckpts", strict=strict)
+    trainer = tiny_trainer(tmp_path, [callback], logger=False, max_epochs=EPOCHS,
+                           plugins=[AsyncCheckpointIO()] if io == "async" else [])
+    if strict:
+        with pytest.raises(FileNotFoundError, match="gone"):
+            trainer.fit(TinyModel(), TinyData())
+        return
+    with caplog.at_level(logging.ERROR, logger="lamin_lightning"):
+        trainer.fit(TinyModel(), TinyData())
+    assert trainer.current_epoch == EPOCHS  # training was never stopped
+    assert calls["n"] > 2
+    assert "could not record" in caplog.text and "FileNotFoundError" in caplog.text and "Training goes on" in caplog.text
+    assert ckpt_files(tmp_path / "ckpts")  # Lightning's files are all there
+
+
 def test_sqlite_locked_by_another_process(tmp_path: Path) -> None:
     "2. Another process holds the SQLite database locked for 7 s mid-fit: training goes on, everything is published."
     use_test_instance()

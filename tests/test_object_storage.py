@@ -203,6 +203,19 @@ def remote_dirpath_main() -> None:
         found = ln.Artifact.filter(key__startswith=f"{url}/checkpoints/", suffix=".ckpt")
         return {a.key.rsplit("/", 1)[1]: hashlib.md5(Path(a.path).read_bytes()).hexdigest() for a in found}
 
+    # a fault: each download of a remote file (best.ckpt's copy) is slowed down, as on a busy machine, so that the
+    # background publisher drains, and deletes its emptied journal, while the copy's bytes are on their way
+    import asyncio
+
+    import s3fs
+
+    get_file = s3fs.S3FileSystem._get_file
+
+    async def slow_get_file(self, rpath, lpath, **kwargs):
+        await asyncio.sleep(0.5)
+        return await get_file(self, rpath, lpath, **kwargs)
+
+    s3fs.S3FileSystem._get_file = slow_get_file
     log = Path(os.environ["MOTO_LOG"])
     result: dict = {}
     for name, plugins in (("sync", []), ("async", [AsyncCheckpointIO()])):

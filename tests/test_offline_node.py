@@ -66,7 +66,7 @@ def sync_main() -> None:
     guard = NetworkGuard().install()
     import lamindb as ln
 
-    from lamin_lightning.store import main
+    from lamin_lightning.cli import main
 
     folder, trained_at = Path(sys.argv[2]), sys.argv[3]
     exit_code = main(["sync", str(folder)])

@@ -92,6 +92,8 @@ def test_a_reference_that_matches_nothing_fails_before_training(tmp_path: Path) 
     use_test_instance()
     from lamin_lightning.references import ReferenceNotFound
 
+    import lamindb as ln
+
     steps = []
 
     class Counting(TinyModel):
@@ -99,10 +101,18 @@ def test_a_reference_that_matches_nothing_fails_before_training(tmp_path: Path) 
             steps.append(batch_idx)
             return super().training_step(batch, batch_idx)
 
+    runs = set(ln.Run.filter().values_list("id", flat=True))
     with pytest.raises(ReferenceNotFound, match=r"lamin://nowhere@best: no artifact with is_best_model=True under "
                                                 r"the key prefix 'nowhere/'"):
         fit(tmp_path, tmp_path / "ckpts", max_epochs=1, ckpt_path="lamin://nowhere@best", model=Counting())
     assert steps == []
+    assert set(ln.Run.filter().values_list("id", flat=True)) == runs  # no errored run of a fit that never trained
+    assert not (tmp_path / "ckpts").exists()  # nor a folder of ours
+    with pytest.raises(RuntimeError, match="boom"):  # a fit that trained, then failed: its run is kept, errored
+        fit(tmp_path, tmp_path / "ckpts", max_epochs=1, model=type("Failing", (TinyModel,), {
+            "training_step": lambda self, batch, batch_idx: (_ for _ in ()).throw(RuntimeError("boom"))})())
+    errored = ln.Run.filter().exclude(id__in=runs)
+    assert [r.status for r in errored] == ["errored"], [r.status for r in errored]
     with pytest.raises(ReferenceNotFound, match="no artifact with uid or key 'missing/x.ckpt'"):
         TinyModel.load_from_checkpoint("lamin://missing/x.ckpt")
 

@@ -1,13 +1,14 @@
 """Render every docs page to HTML without Quarto and check it; screenshot three pages.
 
-`make docs-check` runs `nbdev-proc-nbs` (what Quarto would read), then this script:
+`make docs-check` runs `tools/proc_nbs.py` (nbdev-proc-nbs: what Quarto would read), then this script:
 
 1. every notebook in nbs/ has its processed page in _proc/ (nbdev-proc-nbs drops a page whose cells fail);
 2. each page converts to HTML with nbconvert (after dropping the cell keys nbformat does not know), into _docs_check/;
 3. each public class and function of a module (its `__all__`) has, on its notebook's page, a heading, a signature and text;
-4. each display cell in nbs/ (a visible code cell that ends in an expression, other than an assertion) stores its
+4. no signature or parameter table names a type as `__main__.Entry`, or as a bare "Union" or "Literal";
+5. each display cell in nbs/ (a visible code cell that ends in an expression, other than an assertion) stores its
    output, so that the site shows it;
-5. headless Chromium screenshots the index, Checkpoint and journal pages into _docs_check/*.png (Debian's `chromium`,
+6. headless Chromium screenshots the index, Checkpoint and journal pages into _docs_check/*.png (Debian's `chromium`,
    installed with apt when missing and possible).
 
 Exit 1 with the list of problems if any check fails.
@@ -126,6 +127,20 @@ def undocumented(stem: str, html: str, names: list[str]) -> list[str]:
     return problems
 
 
+UNREADABLE = re.compile(r"__main__\.\w+|\b(?:Union|Optional|Literal)\b(?!\[)")  # fastcore's spelling of types
+
+
+def unreadable_types(stem: str, html: str) -> list[str]:
+    """Signatures, parameter tables and other outputs that name a type as `__main__.Entry` (or show an object as
+    `<__main__.Broken>`), or a type as a bare `Union` / `Literal`; the code cells themselves may say anything."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "html.parser")
+    shown = [s for s in soup.select(".jp-OutputArea pre, .jp-OutputArea td, .output pre, .output td")]  # not code cells
+    found = {m.group() for s in shown for m in UNREADABLE.finditer(s.get_text())}
+    return [f"{stem}: a type is shown as {name!r}" for name in sorted(found)]
+
+
 def chromium() -> str | None:
     for command in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):  # the last: CI runners
         if path := shutil.which(command):
@@ -162,6 +177,8 @@ def main() -> None:
     for stem, exported in names.items():
         if stem in pages:
             problems += undocumented(stem, pages[stem][0], exported)
+    for stem, (html, _) in pages.items():
+        problems += unreadable_types(stem, html)
     print(f"public names checked: {sum(len(v) for v in names.values())}")
     problems += missing_outputs()
     browser = chromium()

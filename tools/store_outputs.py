@@ -16,6 +16,7 @@ MASKS = [
     (re.compile(r"/tmp/[A-Za-z0-9_.-]+"), "<tmp>"),  # mkdtemp folders
     (re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{8}\b"), "<journal>"),  # journal file names
     (re.compile(r"\b(?=[0-9]*[a-f])[0-9a-f]{16}(?=0000\b|\b)"), "<entry id>"),  # random entry ids, alone or in uids
+    (re.compile(r"\b(?!(?:[A-Z][a-z]+)+\b)(?=[0-9a-z]*[A-Z])(?=[0-9A-Z]*[a-z])[A-Za-z0-9]{16}\b"), "<run uid>"),  # run uids (mixed case, not a CamelCase word)
 ]
 
 
@@ -61,7 +62,8 @@ def run(path: Path) -> None:
                 if field in output:
                     output[field] = _masked(output[field])
             for kind, value in output.get("data", {}).items():
-                output["data"][kind] = _masked(value)
+                if not kind.startswith("image/"):  # base64 images hold strings that look like uids
+                    output["data"][kind] = _masked(value)
         cell["outputs"] = outputs
     write_nb(nb, path)
 
