@@ -118,15 +118,15 @@ def test_bookkeeping_failure_never_stops_training(tmp_path: Path, monkeypatch, c
     from lamin_lightning.checkpoint import Checkpoint
 
     calls = {"n": 0}
-    prepare = Checkpoint._prepare
+    build = Checkpoint._checkpoint_entry
 
-    def failing_prepare(self, trainer, filepath, *args, **kwargs):
+    def failing_build(self, trainer, filepath, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise FileNotFoundError(f"{filepath}: gone")
-        return prepare(self, trainer, filepath, *args, **kwargs)
+        return build(self, trainer, filepath, *args, **kwargs)
 
-    monkeypatch.setattr(Checkpoint, "_prepare", failing_prepare)
+    monkeypatch.setattr(Checkpoint, "_checkpoint_entry", failing_build)
     callback = checkpoint(tmp_path / "ckpts", strict=strict)
     trainer = tiny_trainer(tmp_path, [callback], logger=False, max_epochs=EPOCHS,
                            plugins=[AsyncCheckpointIO()] if io == "async" else [])
