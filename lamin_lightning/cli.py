@@ -61,18 +61,20 @@ def parser() -> argparse.ArgumentParser:
     sync.add_argument("--trust-shared", action="store_true",
                       help="replay journals that your group can write to or another user owns")
     sync.add_argument("--forget", action="store_true", help="list abandoned entries, then drop them from the journal")
-    sync.set_defaults(run=_sync)
+    sync.set_defaults(run=_sync, parser=sync)
     prune = commands.add_parser("prune", help="delete the checkpoints under PREFIX that no run needs",
                                 formatter_class=formatter)
     add_prune_arguments(prune)
     prune.usage_code = 2  # prune's codes (`retention.run_prune`): 2 is bad arguments, it has no abandoned entries
-    prune.set_defaults(run=_prune)
+    prune.set_defaults(run=_prune, parser=prune)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     "`lamin-lightning COMMAND …`; returns the exit code (see `EXIT_CODES`)."
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    if extra:  # told by the command's own parser: its usage code
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     run: Callable[[argparse.Namespace], int] = args.run
     return run(args)
 
