@@ -31,7 +31,9 @@ check-export: env
 	if [ "$$before" != "$$after" ]; then diff <(echo "$$before") <(echo "$$after"); \
 	  echo "nbdev-clean/nbdev-export changed files: edit the notebooks, then run both and commit"; exit 1; fi
 
+# mypy sees every class's methods: no `@patch` hides them.
 test: check-export
+	$(BIN)/mypy --ignore-missing-imports lamin_lightning
 	$(BIN)/python -m pytest -p no:warnings tests
 
 # Run every notebook in a fresh process and store its outputs (masked: no temp paths or random ids), for the docs.

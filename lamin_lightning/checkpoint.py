@@ -345,22 +345,8 @@ class _Hooks(_Lineage):
         if stage == "fit":
             self._close_fit()
 
-# %% ../nbs/07_checkpoint.ipynb #7d2f3d00
-class Checkpoint(_Hooks):
-    "Lightning's `ModelCheckpoint` that stores each checkpoint and `hparams.yaml` as a LaminDB artifact with features."
-
-    def __init__(
-        self, dirpath: str | Path | None = None, filename: str | None = None, monitor: str | None = None,
-        verbose: bool = False, save_last: bool | Literal["link"] | None = None, save_top_k: int = 1,
-        save_on_exception: bool = False, save_weights_only: bool = False, mode: Literal["min", "max"] = "min",
-        auto_insert_metric_name: bool = True, every_n_train_steps: int | None = None,
-        train_time_interval: timedelta | None = None, every_n_epochs: int | None = None,
-        save_on_train_epoch_end: bool | None = None, enable_version_counter: bool = True, *,
-        features: dict[Literal["run", "artifact"], dict[str, Any]] | None = None, run_uid_is_version: bool = True,
-        key_is_virtual: bool = True, artifact_observers: list[ArtifactObserver] | None = None,
-        async_publish: bool | None = None, strict: bool = False, save_best: bool | None = None,
-    ) -> None:
-        """Takes every argument of Lightning's `ModelCheckpoint`, in its order, and of lamindb's `Checkpoint`.
+# %% ../nbs/07_checkpoint.ipynb #7d2f3cff
+_INIT_DOC = """Takes every argument of Lightning's `ModelCheckpoint`, in its order, and of lamindb's `Checkpoint`.
 
         Parameters
         ----------
@@ -419,7 +405,23 @@ class Checkpoint(_Hooks):
             Stop training when LaminDB cannot store a checkpoint, or a feature value has the wrong type. By default the
             error is logged, the checkpoint stays in the local journal, and publishing is retried at the next save, at
             the end of the fit and at the next fit.
-        """
+"""
+
+# %% ../nbs/07_checkpoint.ipynb #7d2f3d00
+class Checkpoint(_Hooks):
+    "Lightning's `ModelCheckpoint` that stores each checkpoint and `hparams.yaml` as a LaminDB artifact with features."
+
+    def __init__(
+        self, dirpath: str | Path | None = None, filename: str | None = None, monitor: str | None = None,
+        verbose: bool = False, save_last: bool | Literal["link"] | None = None, save_top_k: int = 1,
+        save_on_exception: bool = False, save_weights_only: bool = False, mode: Literal["min", "max"] = "min",
+        auto_insert_metric_name: bool = True, every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None, every_n_epochs: int | None = None,
+        save_on_train_epoch_end: bool | None = None, enable_version_counter: bool = True, *,
+        features: dict[Literal["run", "artifact"], dict[str, Any]] | None = None, run_uid_is_version: bool = True,
+        key_is_virtual: bool = True, artifact_observers: list[ArtifactObserver] | None = None,
+        async_publish: bool | None = None, strict: bool = False, save_best: bool | None = None,
+    ) -> None:
         self._run_values, self._artifact_values = parse_feature_spec(features)
         self._check_key_arguments(dirpath, filename, key_is_virtual)
         super().__init__(
@@ -442,3 +444,6 @@ class Checkpoint(_Hooks):
         self._taken = None
         self._restored = False
         self._io = None
+
+
+Checkpoint.__init__.__doc__ = _INIT_DOC  # one source for show_doc's table and LightningCLI's --help

@@ -48,9 +48,9 @@ def _feature_key(key: str) -> int | str:
     return int(key) if key.isdigit() else key
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entry:
-    "One publication, as the journal records it before LaminDB is touched."
+    "One publication, as the journal records it before LaminDB is touched: complete when made, never changed."
 
     op: Literal["save", "remove"]  # publish a file, or retire the artifact of an evicted one
     key: str  # the artifact key
