@@ -73,3 +73,15 @@ def test_model_checkpoint_hooks_we_override_exist() -> None:
         "_remove_checkpoint": ["self", "trainer", "filepath"],
         "_should_remove_checkpoint": ["self", "trainer", "previous", "current"],
     }
+
+
+def test_model_checkpoint_state_we_read_exists(tmp_path) -> None:
+    "The protected members of `ModelCheckpoint` the publishing base reads (`upstream.MODEL_CHECKPOINT_STATE`)."
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lamin_lightning.upstream import MODEL_CHECKPOINT_STATE
+
+    callback = ModelCheckpoint(dirpath=tmp_path)
+    assert all(hasattr(callback, name) for name in MODEL_CHECKPOINT_STATE)
+    assert callback._last_checkpoint_saved == "" and callable(ModelCheckpoint._link_checkpoint)
+    assert hasattr(callback._fs, "copy")
