@@ -250,7 +250,7 @@ def _readable(dm: dict[str, Any]) -> None:
         if param.get("anno", inspect.Parameter.empty) is not inspect.Parameter.empty:
             param["anno"] = type_name(param["anno"])
 
-
+# %% ../nbs/14_testing.ipynb #a1b2c3da
 class TableRenderer(MarkdownRenderer):
     "`show_doc` renderer: the signature without comments, the docstring, and the parameters as a table."
 
