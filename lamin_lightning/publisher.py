@@ -26,7 +26,7 @@ import lamindb_setup as ln_setup
 from .features import require_instance
 from .journal import STAGING, Contents, Entry, Journal, JournalRefused, check_entries, check_permissions
 from .observers import log
-from .store import Store, _existing, storage_root
+from .store import Store, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
 from .writes import is_remote, local_home, prune_local_home
 
@@ -417,7 +417,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
             journal.done(entry.id, None)
         todo = [e for e in todo if e.id not in contents.abandoned]
     made = {e: a for e, a in contents.done.items() if a is not None}
-    existing = _existing(made.values())
+    existing = existing_ids(made.values())
     store = Store(journal.home, {e: a for e, a in made.items() if a in existing}, recovering=True)
     from tqdm import tqdm
 
