@@ -23,7 +23,8 @@ from . import __version__
 EXIT_CODES: dict[int, str] = {
     0: "everything is published",
     1: "entries are still pending (LaminDB refused them, or a journal was refused): run it again later",
-    2: "abandoned entries remain (their bytes are gone): they are listed; --forget drops them",
+    2: "abandoned entries (their bytes are gone) or unreadable journals (set aside as *.jsonl.unreadable) remain: they "
+       "are listed; --forget drops them",
     64: "usage error (EX_USAGE): an unknown option or command, or a PATH that does not exist",
     78: "no LaminDB instance is connected (EX_CONFIG): `lamin init --storage ./lamindb` or `lamin connect`",
 }
@@ -101,8 +102,12 @@ def _sync(args: argparse.Namespace) -> int:
             print(f"{title}: {entry.key} ({Path(journal).parent.parent / entry.path}) in {journal}")
     for refusal in report.refused:
         print(f"refused: {refusal}")
+    for journal, why in report.unreadable:
+        print(f"unreadable: {journal}: {why}; kept, --forget deletes it")
+    for journal in report.discarded:
+        print(f"forgotten: {journal} (unreadable) deleted")
     for journal in report.busy:
-        print(f"skipped: {journal} is held by a running fit")
+        print(f"skipped: {journal} is held by a running fit or another sync")
     return report.exit_code
 
 

@@ -24,7 +24,8 @@ import lamindb as ln
 import lamindb_setup as ln_setup
 
 from .features import require_instance
-from .journal import STAGING, Contents, Entry, Journal, JournalRefused, check_entries, check_permissions
+from .journal import (STAGING, UNREADABLE, Contents, Entry, Journal, JournalRefused, JournalUnreadable,
+                                     check_entries, check_permissions, set_aside)
 from .observers import log
 from .store import Store, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
@@ -372,32 +373,46 @@ class Report:
     forgotten: list[tuple[Path, Entry]] = field(default_factory=list)  # abandoned entries dropped by `forget=True`
     refused: list[str] = field(default_factory=list)  # why journals failed their checks
     busy: list[Path] = field(default_factory=list)  # journals a running fit holds
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (journal set aside, why it cannot be read)
+    discarded: list[Path] = field(default_factory=list)  # journals set aside, deleted by `forget=True`
 
     def __iadd__(self, other: "Report") -> "Report":
         self.published += other.published
         self.pending += other.pending
-        for name in ("abandoned", "forgotten", "refused", "busy"):
+        for name in ("abandoned", "forgotten", "refused", "busy", "unreadable", "discarded"):
             getattr(self, name).extend(getattr(other, name))
         return self
 
     @property
     def exit_code(self) -> int:
-        "0: all published; 1: entries pending (or journals refused); 2: abandoned entries remain."
-        return 2 if self.abandoned else 1 if self.pending or self.refused else 0
+        "0: all published; 1: entries pending (or journals refused); 2: abandoned entries or unreadable journals remain."
+        return 2 if self.abandoned or self.unreadable else 1 if self.pending or self.refused else 0
 
 
 def journals(path: str | Path) -> list[Path]:
-    "The journal files at or under `path`; for a remote checkpoint folder, those in its `local_home`."
+    "The journal files at or under `path`, those set aside included; for a remote checkpoint folder, in its `local_home`."
     path = local_home(str(path)) if is_remote(path) else Path(path)
-    return [path] if path.is_file() else sorted(path.rglob(f"{STAGING}/*.jsonl"))
+    if path.is_file():
+        return [path]
+    for _ in range(100):  # a sync or a fit that runs beside this one deletes the journal folders it empties
+        try:
+            return sorted(p for pattern in ("*.jsonl", f"*.jsonl{UNREADABLE}") for p in path.rglob(f"{STAGING}/{pattern}"))
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(f"the journal folders under {path} kept vanishing while they were listed")
 
 # %% ../nbs/10_publisher.ipynb #d4e5f627
 def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False, progress: bool = False) -> Report:
     "Persist the open entries of the journal at `path` after checking it; replaying twice creates nothing twice."
     path = Path(path)
-    check_permissions(path, trust_shared)
-    journal = Journal.open(path)
-    if journal is None:  # a running fit holds it
+    try:
+        check_permissions(path, trust_shared)
+        if path.name.endswith(UNREADABLE):
+            return _set_aside(path, forget)
+        journal = Journal.open(path)
+    except FileNotFoundError:  # another sync finished it, or a fit ended, since it was listed: nothing left to do
+        return Report()
+    if journal is None:  # a running fit (or another sync) holds it
         return Report(busy=[path])
     try:
         contents = Contents.read(path)
@@ -406,9 +421,16 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
             raise JournalRefused(f"Refusing {path}: it belongs to the LaminDB instance {contents.header.get('instance')!r}, "
                                  f"not to the connected {instance!r}: run `lamin connect {contents.header.get('instance')}` first.")
         check_entries(path, contents, storage_root())
+    except JournalUnreadable as unreadable:
+        aside = set_aside(path)
+        journal.close(delete=False)
+        log.warning("lamin_lightning: %s; set aside as %s (kept): `lamin-lightning sync` lists it until `--forget`",
+                    unreadable, aside.name)
+        return Report(unreadable=[(aside, str(unreadable))])
     except BaseException:
         journal.close(delete=False)
         raise
+    journal.mend(contents)  # a torn last line is cut off before lines are appended
     report, todo = Report(), contents.open_entries
     replaced = {e.replaces for e in contents.entries if e.replaces is not None}
     if forget:
@@ -430,6 +452,19 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
     report.pending = len(publisher.pending)
     report.abandoned = [(path, e) for e in publisher.abandoned]
     return report
+
+
+def _set_aside(path: Path, forget: bool) -> Report:
+    "A journal set aside: listed with the reason it could not be read, until `forget` deletes it."
+    if forget:
+        path.unlink()
+        return Report(discarded=[path])
+    try:
+        Contents.read(path)
+        why = "set aside"
+    except JournalUnreadable as unreadable:
+        why = str(unreadable)
+    return Report(unreadable=[(path, why)])
 
 
 def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = False, progress: bool = False) -> Report:
