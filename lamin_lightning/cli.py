@@ -103,7 +103,7 @@ def _sync(args: argparse.Namespace) -> int:
     for refusal in report.refused:
         print(f"refused: {refusal}")
     for journal, why in report.unreadable:
-        print(f"unreadable: {journal}: {why}; kept, --forget deletes it")
+        print(f"unreadable: {journal} {why}; kept, --forget deletes it")
     for journal in report.discarded:
         print(f"forgotten: {journal} (unreadable) deleted")
     for journal in report.busy:

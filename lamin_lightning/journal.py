@@ -175,7 +175,7 @@ def place_file(source: str | Path, target: Path) -> None:
 
 # %% ../nbs/05_journal.ipynb #f2a00004
 class JournalUnreadable(ValueError):
-    "A journal whose header is missing or unreadable: it cannot be replayed, and is set aside (`set_aside`)."
+    "A journal whose header is missing or unreadable (the message says which, after the file's name): it is set aside."
 
 
 def _problem(record: Any) -> str | None:
@@ -231,13 +231,13 @@ class Contents:
         data = path.read_bytes()
         *lines, torn = data.split(b"\n")  # `torn`: what follows the last newline, empty unless a write was cut
         if not data:
-            raise JournalUnreadable(f"{path} is empty")
+            raise JournalUnreadable("is empty")
         contents = cls({}, [], {}, set(), intact=len(data) - len(torn))
         for number, line in enumerate([*lines, torn] if torn else lines, 1):
             record, why = _parse(line)
             if number == 1:
                 if (problem := _header_problem(record, why)) is not None:
-                    raise JournalUnreadable(f"{path} has no readable header: {problem}")
+                    raise JournalUnreadable(f"has no readable header: {problem}")
                 contents.header = record
                 continue
             why = why or _problem(record)

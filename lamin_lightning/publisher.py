@@ -424,8 +424,8 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
     except JournalUnreadable as unreadable:
         aside = set_aside(path)
         journal.close(delete=False)
-        log.warning("lamin_lightning: %s; set aside as %s (kept): `lamin-lightning sync` lists it until `--forget`",
-                    unreadable, aside.name)
+        log.warning("lamin_lightning: %s %s; set aside as %s (kept): `lamin-lightning sync` lists it until `--forget`",
+                    path, unreadable, aside.name)
         return Report(unreadable=[(aside, str(unreadable))])
     except BaseException:
         journal.close(delete=False)

@@ -1,0 +1,206 @@
+"""Broken journals and racing syncs (issue 23, items 2 and 7): a journal reader that never crashes, journals without a
+header set aside, and `lamin-lightning sync` run three times at once beside a live fit. `tests/README.md` tabulates them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from faults import BIN, ckpt_files, stored, sync
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+
+EPOCHS = 3
+# valid JSON that is not a journal record, and bytes that are not UTF-8: each line is skipped with a warning
+BAD_LINES = [b"42", b"null", b"[1, 2]", b'{"entry": {"op": "save"}}', b'{"done": "0123456789abcdef"}', b'{"x": 1}',
+             b"\xff\xfe not UTF-8"]
+
+
+def journal_files(dirpath: Path) -> list[Path]:
+    return sorted((dirpath / ".lamin_lightning").glob("*.jsonl"))
+
+
+def fit(dirpath: Path, epochs: int = EPOCHS):
+    import lamin_lightning as ll
+
+    callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=-1, every_n_epochs=1)
+    trainer = tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=epochs)
+    trainer.fit(TinyModel(), TinyData())
+    assert trainer.current_epoch == epochs  # trained to the end
+    return callback
+
+
+def pending_fit(dirpath: Path, monkeypatch) -> None:
+    "A fit while LaminDB refuses every artifact: each checkpoint stays journaled, and the journal is kept."
+    import lamindb as ln
+    from django.db.utils import OperationalError
+
+    def refuse(self, *args, **kwargs):
+        raise OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ln.Artifact, "save", refuse)
+        fit(dirpath)
+    assert len(journal_files(dirpath)) >= 1 and stored(f"{dirpath}") == {}
+
+
+def assert_published_once(dirpath: Path, names: set[str] | None = None) -> None:
+    "Each checkpoint file (or each of `names`) is in LaminDB exactly once, with the file's bytes; nothing else is."
+    names = ckpt_files(dirpath) if names is None else names
+    db = stored(f"{dirpath}")
+    assert set(db) == names, f"on disk only: {names - set(db)}, in LaminDB only: {set(db) - names}"
+    for name, artifacts in db.items():
+        assert len(artifacts) == 1, f"{name} is in LaminDB {len(artifacts)} times"
+        assert artifacts[0]["_bytes"] == (dirpath / name).read_bytes(), name
+
+
+def run_sync(*args: str | Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([str(BIN / "lamin-lightning"), "sync", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("replayed_by", ["sync", "next fit"])
+def test_malformed_lines_are_skipped(tmp_path: Path, monkeypatch, caplog, replayed_by: str) -> None:
+    "2a. Seven lines that are not records among a pending journal's: each skipped with a warning, the rest published."
+    use_test_instance()
+    dirpath = tmp_path / "ckpts"
+    pending_fit(dirpath, monkeypatch)
+    files = ckpt_files(dirpath)
+    assert len(files) == EPOCHS
+    (journal,) = journal_files(dirpath)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(b"".join([*lines[:2], *(line + b"\n" for line in BAD_LINES), *lines[2:]]))  # after entry 1
+    if replayed_by == "sync":
+        done = sync(dirpath)
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert "Traceback" not in done.stderr
+        warnings = done.stderr
+    else:  # the next fit into the same folder replays it at setup, then trains
+        fit(dirpath, epochs=1)
+        warnings = caplog.text
+    for number in range(3, 3 + len(BAD_LINES)):  # line 1 is the header, line 2 the first entry
+        assert f"skipped line {number} of {journal}" in warnings, warnings[-3000:]
+    assert warnings.count("skipped line") == len(BAD_LINES)
+    assert_published_once(dirpath, files if replayed_by == "sync" else None)
+    assert journal_files(dirpath) == []
+
+
+def test_torn_last_line(tmp_path: Path, monkeypatch, caplog) -> None:
+    """2b. The last line cut mid-write (as a crash leaves it): silent; every other entry is published, and the lines a
+    replay appends after it stay readable (a replay stopped by a store error halfway loses none of its `done` lines)."""
+    use_test_instance()
+    import lamindb as ln
+    from django.db.utils import OperationalError
+
+    from lamin_lightning.journal import Contents
+    from lamin_lightning.publisher import sync as sync_here
+
+    dirpath = tmp_path / "ckpts"
+    pending_fit(dirpath, monkeypatch)
+    (journal,) = journal_files(dirpath)
+    data = journal.read_bytes()
+    last = data[data.rindex(b"\n", 0, len(data) - 1) + 1:]
+    torn = json.loads(last)["entry"]
+    journal.write_bytes(data[:len(data) - len(last) // 2])  # the last entry, cut halfway
+    first, second = Contents.read(journal).entries
+    save = ln.Artifact.save
+
+    def refuse_second(self, *args, **kwargs):
+        if self.key == second.key:
+            raise OperationalError("disk I/O error")
+        return save(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched, caplog.at_level("WARNING", logger="lamin_lightning"):
+        patched.setattr(ln.Artifact, "save", refuse_second)
+        report = sync_here(dirpath)
+        assert (report.published, report.pending) == (1, 1)
+        contents = Contents.read(journal)  # the `done` line appended after the torn one is whole
+        assert [e.id for e in contents.open_entries] == [second.id] and first.id in contents.done
+    assert "skipped line" not in caplog.text  # a torn last line is expected: silent
+    done = sync(dirpath)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "skipped line" not in done.stderr
+    files = ckpt_files(dirpath)
+    assert torn["path"] in files and len(files) == EPOCHS  # the torn entry's file stays on disk, unpublished
+    assert_published_once(dirpath, files - {torn["path"]})
+    assert journal_files(dirpath) == []
+
+
+@pytest.mark.parametrize("content", [b"", b'{"lamin_lightning_jour', b'{"x": 1}\n'],
+                         ids=["zero-length", "torn header", "no header"])
+def test_unreadable_journal_set_aside(tmp_path: Path, content: bytes) -> None:
+    """2c. A journal without a readable header never stops a fit into its folder; it is set aside as `.unreadable`
+    (kept), listed by `sync` with the reason (exit 2) until `--forget` deletes it."""
+    use_test_instance()
+    dirpath = tmp_path / "ckpts"
+    (dirpath / ".lamin_lightning").mkdir(parents=True)
+    bad = dirpath / ".lamin_lightning" / "20260101-000000-deadbeef.jsonl"
+    bad.write_bytes(content)
+    fit(dirpath)
+    assert_published_once(dirpath)  # the fit set up and trained as if it were not there
+    aside = bad.with_name(bad.name + ".unreadable")
+    assert not bad.exists() and aside.read_bytes() == content  # kept, byte for byte
+    reason = "is empty" if not content else "has no readable header"
+    for _ in range(2):  # listed at every sync until it is forgotten
+        done = run_sync(dirpath)
+        assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+        assert f"unreadable: {aside} {reason}" in done.stdout, done.stdout
+        assert "Traceback" not in done.stderr
+    forgot = run_sync(dirpath, "--forget")
+    assert forgot.returncode == 0, forgot.stdout + forgot.stderr[-3000:]
+    assert f"forgotten: {aside}" in forgot.stdout and not aside.exists()
+    assert run_sync(dirpath).returncode == 0
+    assert_published_once(dirpath)
+
+
+LIVE_FIT = """
+import sys
+from pathlib import Path
+import lamin_lightning as ll
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+dirpath = Path(sys.argv[1])
+callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
+tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=12).fit(TinyModel(), TinyData())
+"""
+
+
+def test_three_syncs_beside_a_live_fit(tmp_path: Path, monkeypatch) -> None:
+    """7. Three `lamin-lightning sync DIR` at once, beside a live fit, over six pending journals: each journal is
+    published by one of them, the others skip it; no crash, valid exit codes, nothing lost or duplicated."""
+    use_test_instance()
+    root = tmp_path / "runs"
+    folders = [root / name / "ckpts" for name in ("a", "b", "c")]
+    for dirpath in folders:
+        for _ in range(2):  # two pending journals per folder (the second fit's setup replays the first in vain)
+            pending_fit(dirpath, monkeypatch)
+        assert len(journal_files(dirpath)) == 2
+    expected = {dirpath: ckpt_files(dirpath) for dirpath in folders}
+    script = tmp_path / "live_fit.py"
+    script.write_text("from lamin_lightning.testing import NetworkGuard\nNetworkGuard().install()\n"
+                      + textwrap.dedent(LIVE_FIT))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    live = root / "live" / "ckpts"
+    fit_process = subprocess.Popen([sys.executable, str(script), str(live)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    syncs = [subprocess.Popen([str(BIN / "lamin-lightning"), "sync", str(root)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(s.wait(timeout=300), *s.communicate()) for s in syncs]
+    fit_out, fit_err = fit_process.communicate(timeout=300)
+    assert fit_process.returncode == 0, fit_err[-3000:]
+    for code, out, err in results:
+        assert "Traceback" not in err and "FileNotFoundError" not in err, err[-3000:]
+        assert code in (0, 1), out + err[-3000:]  # 1 only if LaminDB refused a write (a busy SQLite)
+        assert out.startswith("published "), out
+    assert sum(int(out.split()[1].rstrip(";")) for _, out, _ in results) >= sum(map(len, expected.values()))
+    final = run_sync(root)
+    assert final.returncode == 0, final.stdout + final.stderr[-3000:]
+    for dirpath, files in expected.items():
+        assert_published_once(dirpath, files)
+        assert journal_files(dirpath) == []
+    assert_published_once(live)
+    assert journal_files(live) == []
