@@ -210,9 +210,11 @@ class EntryArtifacts(Placement):
         self.lookups = Lookups()
 
     def skip(self, entry: Entry) -> None:
-        """Apply only the sibling changes of a save whose eviction is already pending: its bytes are never registered,
-        nor uploaded to cloud storage."""
+        """Apply only the sibling changes of a save that is evicted or re-saved before it was published: its bytes are
+        never registered, nor uploaded to cloud storage."""
         self._learn(entry)
+        if entry.op == "save" and entry.replaces in self.ids:  # a superseded re-save: the one that supersedes it
+            self.ids[entry.id] = self.ids.pop(entry.replaces)  # retires what this one would have retired
         with quiet_lamindb(self.verbose), write_transaction():
             self._write_siblings(entry.siblings)
         self.unstage(entry)
