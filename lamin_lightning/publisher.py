@@ -26,7 +26,7 @@ import lamindb_setup as ln_setup
 from .features import require_instance
 from .journal import STAGING, Contents, Entry, Journal, JournalRefused, check_entries, check_permissions
 from .observers import log
-from .store import Store, existing_ids, storage_root
+from .store import Store, check_owned, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
 from .writes import is_remote, local_home, prune_local_home
 
@@ -406,6 +406,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
             raise JournalRefused(f"Refusing {path}: it belongs to the LaminDB instance {contents.header.get('instance')!r}, "
                                  f"not to the connected {instance!r}: run `lamin connect {contents.header.get('instance')}` first.")
         check_entries(path, contents, storage_root())
+        check_owned(path, contents)
     except BaseException:
         journal.close(delete=False)
         raise
