@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/journal.html.md"""
 
 # %% auto #0
 __all__ = ['STAGING', 'MANAGED', 'UNREADABLE', 'new_entry_id', 'Entry', 'entry_problem', 'stored_path', 'made_in', 'place_file',
-           'JournalUnreadable', 'Contents', 'Journal', 'set_aside', 'JournalRefused', 'check_permissions',
+           'JournalUnreadable', 'Contents', 'Journal', 'set_aside', 'JournalRefused', 'check_permissions', 'line_of',
            'check_entries']
 
 # %% ../nbs/05_journal.ipynb #2880af01
@@ -362,8 +362,11 @@ _ENTRY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def check_permissions(path: Path, trust_shared: bool = False) -> None:
-    "Refuse a journal that others could have written."
+    "Refuse a journal that others could have written, or that is reached through a symbolic link (another fit's)."
     for target, what in ((path, "journal"), (path.parent, "journal folder")):
+        if os.path.islink(target):  # replayed here, its entries would be read against this folder's files
+            raise JournalRefused(f"Refusing {path}: the {what} {target} is a symbolic link to {os.readlink(target)}; "
+                                 "nothing was replayed. Run `lamin-lightning sync` on the folder it belongs to.")
         info = os.stat(target)
         if info.st_mode & stat.S_IWOTH:
             raise JournalRefused(f"Refusing {path}: the {what} {target} is writable by everyone; nothing was replayed. "
@@ -379,13 +382,25 @@ def _inside(path: Path, folder: Path) -> bool:
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
 
 
+def line_of(path: Path, entry_id: str, record: str = "entry") -> int | None:
+    "The line number (from 1) of the `record` line (`entry` or `done`) of `entry_id` in the journal at `path`."
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        with contextlib.suppress(ValueError):
+            found = json.loads(line)
+            if isinstance(found, dict) and (found.get("done") == entry_id if record == "done" else
+                                            isinstance(found.get("entry"), dict) and found["entry"].get("id") == entry_id):
+                return number
+    return None
+
+
 def check_entries(path: Path, contents: Contents, storage_root: Path | None) -> None:
-    "Refuse a journal whose entries point outside its checkpoint folder or the storage root (`None`: cloud storage)."
+    """Refuse a journal whose entries point outside its checkpoint folder or the storage root (`None`: cloud storage),
+    or whose bytes would go into lamindb's own folder other than at the managed path of the artifact they create."""
     home = path.parent.parent
 
     def refuse(entry: Entry, name: str, why: str) -> None:
-        raise JournalRefused(f"Refusing {path}: entry {entry.id!r} ({entry.key}), field {name!r} "
-                             f"= {getattr(entry, name)!r} {why}; nothing was replayed.")
+        raise JournalRefused(f"Refusing {path}: line {line_of(path, entry.id)}, entry {entry.id!r} ({entry.key}), field "
+                             f"{name!r} = {getattr(entry, name)!r} {why}; nothing was replayed.")
 
     for entry in contents.entries:
         if not _ENTRY_ID.fullmatch(entry.id):
@@ -402,6 +417,10 @@ def check_entries(path: Path, contents: Contents, storage_root: Path | None) -> 
             managed = f"{MANAGED}/{uid}"
             if not re.fullmatch(rf"{re.escape(managed)}(\.[^/]*)?", entry.stored) and entry.stored != entry.key:
                 refuse(entry, "stored", f"is neither under {managed!r} nor the entry's key")
+            if entry.stored == entry.key and (PurePosixPath(entry.stored).parts[:1] == (MANAGED,) or
+                                              storage_root is not None and _inside(storage_root / entry.stored,
+                                                                                   storage_root / MANAGED)):
+                refuse(entry, "stored", f"lies in lamindb's own folder {MANAGED!r} (its database, other artifacts)")
             if storage_root is None or PurePosixPath(entry.stored).is_absolute() or ".." in PurePosixPath(entry.stored).parts \
                     or not _inside(storage_root / entry.stored, storage_root):
                 refuse(entry, "stored", f"resolves outside the storage root {storage_root}")

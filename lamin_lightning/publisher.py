@@ -27,7 +27,7 @@ from .features import require_instance
 from .journal import (STAGING, UNREADABLE, Contents, Entry, Journal, JournalRefused, JournalUnreadable,
                                      check_entries, check_permissions, set_aside)
 from .observers import log
-from .store import Store, existing_ids, storage_root
+from .store import Store, check_owned, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
 from .writes import is_remote, local_home, prune_local_home
 
@@ -421,6 +421,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
             raise JournalRefused(f"Refusing {path}: it belongs to the LaminDB instance {contents.header.get('instance')!r}, "
                                  f"not to the connected {instance!r}: run `lamin connect {contents.header.get('instance')}` first.")
         check_entries(path, contents, storage_root())
+        check_owned(path, contents)
     except JournalUnreadable as unreadable:
         aside = set_aside(path)
         journal.close(delete=False)

@@ -6,21 +6,21 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/store.html.md"""
 
 # %% auto #0
 __all__ = ['storage_root', 'quiet_lamindb', 'EntryFiles', 'Placement', 'script_transform', 'Lookups', 'existing_ids',
-           'EntryArtifacts', 'Store']
+           'EntryArtifacts', 'check_owned', 'Store']
 
 # %% ../nbs/09_store.ipynb #d4e5f604
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import lamindb as ln
 import lamindb_setup as ln_setup
 
 from .features import ValueWriter, coerce_value, features_by_name
-from .journal import STAGING, Entry, place_file
+from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file
 from .observers import log
 from .upstream import is_adding, new_artifact, set_run_status, write_transaction
 from .writes import ServerCopies, copy_in_cloud, copy_target
@@ -210,9 +210,11 @@ class EntryArtifacts(Placement):
         self.lookups = Lookups()
 
     def skip(self, entry: Entry) -> None:
-        """Apply only the sibling changes of a save whose eviction is already pending: its bytes are never registered,
-        nor uploaded to cloud storage."""
+        """Apply only the sibling changes of a save that is evicted or re-saved before it was published: its bytes are
+        never registered, nor uploaded to cloud storage."""
         self._learn(entry)
+        if entry.op == "save" and entry.replaces in self.ids:  # a superseded re-save: the one that supersedes it
+            self.ids[entry.id] = self.ids.pop(entry.replaces)  # retires what this one would have retired
         with quiet_lamindb(self.verbose), write_transaction():
             self._write_siblings(entry.siblings)
         self.unstage(entry)
@@ -245,6 +247,49 @@ class EntryArtifacts(Placement):
             with quiet_lamindb(self.verbose), write_transaction():
                 artifact.delete(permanent=True, storage=not keep_file)
         return artifact
+
+# %% ../nbs/09_store.ipynb #7a1c2e3f
+def _made_for(entry_id: str, artifact: ln.Artifact, entry: Entry | None) -> bool:
+    """Whether `artifact` is one `entry_id`'s fit made: at lamindb's managed path its uid is the entry id's; at a real
+    key (lamindb picks the uid) it is an output of the entry's run, in the folder of the entry's key."""
+    if artifact.uid[:16] == entry_id:
+        return True
+    return entry is not None and artifact.run is not None and artifact.run.uid == entry.run and \
+        PurePosixPath(artifact.key or "").parent == PurePosixPath(entry.key).parent
+
+
+def check_owned(path: Path, contents: Contents) -> None:
+    """Refuse a journal that names an artifact its fit did not make (in a `done` line, or in an entry's `known`), or
+    whose bytes would go to the key of an artifact it does not own: a replay retires, re-flags and overwrites only
+    what its own fit made."""
+    entries = {e.id: e for e in contents.entries}
+    named = {a for a in contents.done.values() if a is not None} | {a for e in entries.values() for a in e.known.values()}
+    artifacts = {a.id: a for a in ln.Artifact.objects.filter(id__in=list(named)).select_related("run")}
+
+    def refuse(line: int | None, entry_id: str, name: str, value: Any, why: str) -> None:
+        raise JournalRefused(f"Refusing {path}: line {line}, entry {entry_id!r}, field {name!r} = {value!r} {why}; "
+                             "nothing was replayed.")
+
+    owned: set[int] = set()
+    for entry_id, artifact_id in contents.done.items():
+        if (artifact := artifacts.get(artifact_id)) is not None:  # type: ignore[arg-type]
+            if not _made_for(entry_id, artifact, entries.get(entry_id)):
+                refuse(line_of(path, entry_id, "done"), entry_id, "artifact", artifact_id,
+                       f"names the artifact {artifact.uid} ({artifact.key}), which this entry did not make")
+            owned.add(artifact.id)
+    for entry in entries.values():
+        for entry_id, artifact_id in entry.known.items():
+            if (artifact := artifacts.get(artifact_id)) is not None and artifact.id not in owned:
+                if not _made_for(entry_id, artifact, entries.get(entry_id, entry)):
+                    refuse(line_of(path, entry.id), entry.id, "known", entry.known,
+                           f"names the artifact {artifact.uid} ({artifact.key}), which this journal's fit did not make")
+                owned.add(artifact.id)
+    for entry in entries.values():
+        if entry.op == "save" and entry.stored is not None and entry.stored == entry.key:
+            if others := ln.Artifact.objects.filter(key=entry.key).exclude(id__in=list(owned)).values_list("uid", flat=True):
+                refuse(line_of(path, entry.id), entry.id, "stored", entry.stored,
+                       f"is the path of the artifact(s) {', '.join(others)}, which this journal's fit did not make")
+
 
 # %% ../nbs/09_store.ipynb #91b4bf79
 _LAMINDB_KIND = {"checkpoint": "model", "config": "config", "hparams": "config"}
