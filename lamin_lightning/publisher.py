@@ -50,9 +50,10 @@ class Failures:
     def message(self, entry: Entry, error: BaseException, outcome: str, source: Path, journal: Path | None) -> str:
         "Why `entry` is not in LaminDB, what happens now (`outcome`), where its file and its journal wait."
         where = journal if journal is not None else self.home / STAGING
-        return (f"Could not store {entry.key} in LaminDB: {type(error).__name__}: {redact(str(error))}. {outcome}; the "
-                f"file stays at {source} and the journal {where} keeps the work: it is retried at the next save and the "
-                f"next fit, or run `lamin-lightning sync {self.home}`.")
+        what, held = (f"the end of run {entry.run}", "") if entry.op == "end" else (entry.key, f"file stays at {source} and the ")
+        return (f"Could not store {what} in LaminDB: {type(error).__name__}: {redact(str(error))}. {outcome}; the "
+                f"{held}journal {where} keeps the work: it is retried at the next save and the next fit, or run "
+                f"`lamin-lightning sync {self.home}`.")
 
     def failed(self, entry: Entry, error: BaseException, source: Path, journal: Path | None) -> None:
         "A store error: warn at the first of a streak only (the next ones say nothing new)."
