@@ -34,8 +34,8 @@ def _mounted(folder: Path, size: str) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(folder)], capture_output=True)
-        subprocess.run(["umount", "-l", str(folder)], check=True)
+        while subprocess.run(["mountpoint", "-q", str(folder)]).returncode == 0:  # a read-only bind, then the tmpfs
+            subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def fill(folder: Path) -> None:
@@ -93,9 +93,10 @@ save_lightning_features()
 def break_store():
     if fault == "full":
         fill(disk)
-    else:  # the store's disk turns read-only
+    else:  # the store's folder turns read-only: a read-only bind mount over it (SQLite's open file stays writable)
         import subprocess
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        subprocess.run(["mount", "--bind", str(disk), str(disk)], check=True)
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(disk)], check=True)
 
 class AtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
@@ -147,8 +148,10 @@ def test_store_full_or_read_only(tmp_path: Path, disk: Path, fault: str, when: s
     if when == "before":  # one clear warning, naming the database and the cause
         said = [w for w in fitted["warnings"] if "refused to record the fit's run" in w]
         assert len(said) == 1 and str(disk / "storage") in said[0] and "lamin-lightning sync" in said[0], fitted
-    (disk / "filler").unlink(missing_ok=True)  # room again
-    subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+    if fault == "full":
+        (disk / "filler").unlink()  # room again
+    else:
+        subprocess.run(["umount", str(disk)], check=True)  # the read-only bind goes: writable again
     env["LAMIN_CURRENT_INSTANCE"] = fitted["slug"]
     synced = subprocess.run([str(BIN / "lamin-lightning"), "sync", str(dirpath)], env=env, capture_output=True,
                             text=True, timeout=300)
