@@ -183,7 +183,11 @@ class Journal:
         folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         journal = cls.open(folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl")
         assert journal is not None  # a new file is never locked by another process
-        journal._write({"lamin_lightning_journal": 1, "instance": instance})
+        try:
+            journal._write({"lamin_lightning_journal": 1, "instance": instance})
+        except BaseException:  # a full disk: no headerless journal, locked or left behind
+            journal.close(delete=True)
+            raise
         return journal
 
     @classmethod

@@ -198,7 +198,7 @@ class Recording:
         with self._lock:
             self._unwritten.discard(entry.id)
             if self.journal is None:
-                self.journal = Journal.create(self.home, ln_setup.settings.instance.slug)
+                self.journal = self._new_journal()
             if (write := self.writes.get(entry.id)) is not None:
                 copy = getattr(write, "copy", None)  # a remote file's local copy: what is published
                 entry = replace(entry, stats=entry.stats or getattr(write, "stats", None),  # hashed as it was written
@@ -212,12 +212,24 @@ class Recording:
                 if self.deferred and recorded.replaces is not None:
                     for dropped in [e for e in self.pending if e.id == recorded.replaces and e.op == "save"]:
                         self.store.unstage(dropped)  # re-saved or evicted while pending: never to be published
-                self.journal.add(recorded)
+                if self.journal is not None:
+                    self.journal.add(recorded)
                 self.pending.append(recorded)
         if error is None:
             self.store.place(entry, self.deferred)
         if self.worker is not None:
             self.worker.wake()
+
+    def _new_journal(self) -> Journal | None:
+        """A new journal; `None` when the checkpoint folder has no room for it (a full disk): the entries are
+        published from memory, as a plain `ModelCheckpoint` fit would go on until Lightning's own write fails."""
+        try:
+            return Journal.create(self.home, ln_setup.settings.instance.slug)
+        except OSError as error:
+            log.warning("lamin_lightning: could not journal in %s (%s: %s); publishing goes on without a journal, "
+                        "what LaminDB refuses now is not kept for `lamin-lightning sync`", self.home / STAGING,
+                        type(error).__name__, error)
+            return None
 
 # %% ../nbs/10_publisher.ipynb #eecc15d8
 class Completing(Recording):
@@ -247,15 +259,16 @@ class Completing(Recording):
     def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False) -> None:
         with self._lock:
             self.pending.pop(0)
-            assert self.journal is not None
             if abandon:
-                self.journal.abandon(entry.id)
+                if self.journal is not None:
+                    self.journal.abandon(entry.id)
                 self.abandoned.append(entry)
             else:
-                self.journal.done(entry.id, artifact.id if artifact is not None and entry.op == "save" else None)
+                if self.journal is not None:
+                    self.journal.done(entry.id, artifact.id if artifact is not None and entry.op == "save" else None)
                 self.published += 1
         if abandon:
-            self.failures.abandoned(entry, self.store.source(entry), self.journal.path)
+            self.failures.abandoned(entry, self.store.source(entry), self._where(entry)[1] or self.home / STAGING)
             return
         self.failures.published(entry)
         if self.on_done is not None:

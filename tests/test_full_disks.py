@@ -161,3 +161,61 @@ def test_store_full_or_read_only(tmp_path: Path, disk: Path, fault: str, when: s
     assert len(runs) == 1, runs  # the fit's one run: made at setup, or by `sync` when the store refused it
     assert runs[0]["status"] == "completed" and runs[0]["finished"], runs
     assert runs[0]["outputs"] >= len(fitted["best_k"])
+
+
+def fit_until_full(tmp_path: Path, name: str, make_callback) -> tuple[int, type | None, Path]:
+    "Fit into a checkpoint folder on a 24 KiB tmpfs (three checkpoints of two pages each); the epoch it stopped at."
+    import lightning.pytorch as pl
+
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+
+    folder = tmp_path / name
+    next(mounter := _mounted(folder, "24k"))
+    mounters.append(mounter)
+    callback = make_callback(folder)
+    trainer = tiny_trainer(tmp_path / f"{name}-root", [callback], logger=False, max_epochs=8)
+    error = None
+    try:
+        trainer.fit(TinyModel(), TinyData())
+    except Exception as caught:
+        error = type(caught)
+    assert isinstance(callback, pl.callbacks.ModelCheckpoint)
+    return trainer.current_epoch, error, folder
+
+
+mounters: list[Iterator[Path]] = []  # the tmpfs mounts of a test, unmounted by `unmounted`
+
+
+@pytest.fixture
+def unmounted() -> Iterator[None]:
+    yield
+    for mounter in mounters:
+        next(mounter, None)  # its `finally` unmounts
+    mounters.clear()
+
+
+def test_full_checkpoint_folder_behaves_as_model_checkpoint(tmp_path: Path, unmounted: None) -> None:
+    "Item 4: the same epoch and error as plain ModelCheckpoint; what was complete is published; no locked half-journal."
+    import lightning.pytorch as pl
+
+    import lamin_lightning as ll
+    from faults import stored
+    from lamin_lightning.journal import Contents
+    from lamin_lightning.publisher import sync
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    options = dict(save_top_k=-1, every_n_epochs=1)
+    plain = fit_until_full(tmp_path, "plain", lambda d: pl.callbacks.ModelCheckpoint(dirpath=d, **options))
+    ours = fit_until_full(tmp_path, "ours", lambda d: ll.Checkpoint(dirpath=d, **options))
+    assert plain[1] is not None  # the folder really filled up
+    assert ours[:2] == plain[:2], (ours, plain)
+    folder = ours[2]
+    for journal in (folder / ".lamin_lightning").glob("*.jsonl"):  # whatever is left can be replayed: not locked
+        assert journal.stat().st_size > 0 and Contents.read(journal).header, journal
+    sync(folder)
+    published = stored(f"{folder}/checkpoints")
+    size = (folder / "epoch=0-step=2.ckpt").stat().st_size  # the one Lightning cut short has fewer bytes
+    complete = {p.name for p in folder.glob("*.ckpt") if p.stat().st_size == size}
+    assert len(complete) == ours[0] and complete <= set(published), (complete, published)  # the last one too
+    assert list((folder / ".lamin_lightning").glob("*.jsonl")) == []
