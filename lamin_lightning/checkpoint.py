@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lamindb as ln
+import lamindb_setup as ln_setup
+from django.db.utils import DatabaseError
 from lamindb.base.uids import base62_20
 import lightning.pytorch as pl
 from lamindb_setup.core.hashing import hash_file
@@ -26,7 +28,7 @@ from typing_extensions import override
 from .checkpoint_io import LaminCheckpointIO
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
-from .fit import _AtSave, _FitSetup, _FitState, end_run, entry_point, start_run
+from .fit import _AtSave, _FitSetup, _FitState, end_entry, entry_point, start_run
 from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
 from .publisher import Publisher, StoreError, redact
@@ -68,15 +70,19 @@ class _FitEnd(_FitSetup):
         finally:
             fit, self._fit = self._fit, None
         try:
-            fit.publisher.close()
-        finally:
             if fit.own_run and fit.run is not None and failed and _nothing_ran(fit):
                 with quiet_lamindb():
                     fit.run.delete(permanent=True)  # a fit that failed before its first batch (a bad ckpt_path): no run
-            elif fit.own_run and fit.run is not None:
-                end_run(fit.run, failed=failed)
-            if self.dirpath is not None and is_remote(self.dirpath):
-                prune_local_home(str(self.dirpath))  # nothing stays in the cache once all is published
+            elif fit.own_run and fit.run is not None:  # journaled like a checkpoint: a store that refuses keeps it
+                fit.publisher.submit(end_entry(fit.run.uid, failed))  # for `sync`
+            elif fit.pending_run is not None:  # the run `sync` makes
+                fit.publisher.submit(end_entry(fit.pending_run[0], failed, fit.pending_run[1]))
+        finally:
+            try:
+                fit.publisher.close()
+            finally:
+                if self.dirpath is not None and is_remote(self.dirpath):
+                    prune_local_home(str(self.dirpath))  # nothing stays in the cache once all is published
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b304
 class _FitStart(_FitEnd):
@@ -98,8 +104,13 @@ class _FitStart(_FitEnd):
         hparams = {k: v for s in sources for k, v in s.hparams.items()}
         features = self._load_features(trainer, hparams)
         self._close_fit()
-        run = ln.context.run or start_run()
-        self._save_run_features(trainer, features, hparams, run)
+        try:
+            run = ln.context.run or start_run()
+            self._save_run_features(trainer, features, hparams, run)
+        except DatabaseError as error:  # a full or read-only store: training goes on, its lineage waits for `sync`
+            if self.strict:
+                raise
+            return self._start_deferred_fit(trainer, error)
         folder = self._checkpoint_dir(trainer)
         self._replay_leftovers(trainer, folder)
         uploads = self.async_publish is None and storage_root() is None  # cloud storage: training never waits for uploads
@@ -110,11 +121,15 @@ class _FitStart(_FitEnd):
                               and run is not ln.context.run, cloud=storage_root() is None)
         return self._fit
 
-    def _start_deferred_fit(self, trainer: pl.Trainer) -> _FitState:
-        "A fit on a node that cannot reach the database: everything is journaled, features by name, the run made at sync."
+    def _start_deferred_fit(self, trainer: pl.Trainer, refused: DatabaseError | None = None) -> _FitState:
+        """A fit on a node that cannot reach the database, or whose database `refused` the fit's run (a full or
+        read-only store): everything is journaled, features by name, the run made at sync."""
         self._close_fit()
         folder = self._checkpoint_dir(trainer)
-        rank_zero_warn(f"LaminDB's database cannot be reached from this node: training goes on, and every checkpoint is "
+        cause = "cannot be reached from this node" if refused is None else \
+            f"at {redact(ln_setup.settings.instance.db)} refused to record the fit's run ({type(refused).__name__}: " \
+            f"{redact(str(refused))}; is its disk full, or read-only?)"
+        rank_zero_warn(f"LaminDB's database {cause}: training goes on, and every checkpoint is "
                        f"journaled in {folder / STAGING} with its features by name. The checks that need the database "
                        "(your features exist, their value types, the run) are deferred: run `lamin-lightning sync "
                        f"{folder}` where the database is reachable.")

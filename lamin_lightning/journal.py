@@ -55,7 +55,7 @@ def _feature_key(key: str) -> int | str:
 class Entry:
     "One publication, as the journal records it before LaminDB is touched: complete when made, never changed."
 
-    op: Literal["save", "remove"]  # publish a file, or retire the artifact of an evicted one
+    op: Literal["save", "remove", "end"]  # publish a file, retire the artifact of an evicted one, or end `run`
     key: str  # the artifact key
     kind: ArtifactKind = "checkpoint"
     path: str = ""  # the file, relative to the journal's folder
@@ -65,7 +65,7 @@ class Entry:
     replaces: str | None = None  # the entry whose artifact this one retires: a re-saved key, or an eviction
     run: str | None = None  # uid of the run that produced it
     transform: str | None = None  # the run's entry point, when the run is made at sync (a node without the database)
-    description: str = ""
+    description: str = ""  # for an `end`: the run's status, "completed" or "errored"
     as_run_input: bool = False  # link the artifact as an input of `run` (config.yaml), not an output
     known: dict[str, int] = field(default_factory=dict)  # {entry id: artifact id} of `replaces` and siblings, if made
     stats: dict[str, Any] | None = None  # size and lamindb's hash of the bytes, when taken as they were written
@@ -170,7 +170,11 @@ def place_file(source: str | Path, target: Path) -> None:
     except FileNotFoundError:
         raise FileNotFoundError(f"{source} is gone before it was stored") from None
     except OSError:
-        made_in(target.parent, partial(shutil.copyfile, source, staging))  # another filesystem, or links not allowed
+        try:  # another filesystem, or links not allowed
+            made_in(target.parent, partial(shutil.copyfile, source, staging))
+        except BaseException:  # a full disk: no half-copied temporary file stays behind
+            staging.unlink(missing_ok=True)
+            raise
     os.replace(staging, target)
 
 # %% ../nbs/05_journal.ipynb #f2a00004
@@ -284,7 +288,7 @@ class Journal:
         try:
             journal._write({"lamin_lightning_journal": 1, "instance": instance})
             os.rename(journal.path, path)  # the lock holds across the rename: it is the same file
-        except BaseException:
+        except BaseException:  # a full disk: no headerless journal, locked or left behind
             journal.close(delete=True)
             raise
         journal.path = path

@@ -51,9 +51,10 @@ class Failures:
     def message(self, entry: Entry, error: BaseException, outcome: str, source: Path, journal: Path | None) -> str:
         "Why `entry` is not in LaminDB, what happens now (`outcome`), where its file and its journal wait."
         where = journal if journal is not None else self.home / STAGING
-        return (f"Could not store {entry.key} in LaminDB: {type(error).__name__}: {redact(str(error))}. {outcome}; the "
-                f"file stays at {source} and the journal {where} keeps the work: it is retried at the next save and the "
-                f"next fit, or run `lamin-lightning sync {self.home}`.")
+        what, held = (f"the end of run {entry.run}", "") if entry.op == "end" else (entry.key, f"file stays at {source} and the ")
+        return (f"Could not store {what} in LaminDB: {type(error).__name__}: {redact(str(error))}. {outcome}; the "
+                f"{held}journal {where} keeps the work: it is retried at the next save and the next fit, or run "
+                f"`lamin-lightning sync {self.home}`.")
 
     def failed(self, entry: Entry, error: BaseException, source: Path, journal: Path | None) -> None:
         "A store error: warn at the first of a streak only (the next ones say nothing new)."
@@ -198,7 +199,7 @@ class Recording:
         with self._lock:
             self._unwritten.discard(entry.id)
             if self.journal is None:
-                self.journal = Journal.create(self.home, ln_setup.settings.instance.slug)
+                self.journal = self._new_journal()
             if (write := self.writes.get(entry.id)) is not None:
                 copy = getattr(write, "copy", None)  # a remote file's local copy: what is published
                 entry = replace(entry, stats=entry.stats or getattr(write, "stats", None),  # hashed as it was written
@@ -212,12 +213,24 @@ class Recording:
                 if self.deferred and recorded.replaces is not None:
                     for dropped in [e for e in self.pending if e.id == recorded.replaces and e.op == "save"]:
                         self.store.unstage(dropped)  # re-saved or evicted while pending: never to be published
-                self.journal.add(recorded)
+                if self.journal is not None:
+                    self.journal.add(recorded)
                 self.pending.append(recorded)
         if error is None:
             self.store.place(entry, self.deferred)
         if self.worker is not None:
             self.worker.wake()
+
+    def _new_journal(self) -> Journal | None:
+        """A new journal; `None` when the checkpoint folder has no room for it (a full disk): the entries are
+        published from memory, as a plain `ModelCheckpoint` fit would go on until Lightning's own write fails."""
+        try:
+            return Journal.create(self.home, ln_setup.settings.instance.slug)
+        except OSError as error:
+            log.warning("lamin_lightning: could not journal in %s (%s: %s); publishing goes on without a journal, "
+                        "what LaminDB refuses now is not kept for `lamin-lightning sync`", self.home / STAGING,
+                        type(error).__name__, error)
+            return None
 
 # %% ../nbs/10_publisher.ipynb #eecc15d8
 class Completing(Recording):
@@ -247,15 +260,16 @@ class Completing(Recording):
     def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False) -> None:
         with self._lock:
             self.pending.pop(0)
-            assert self.journal is not None
             if abandon:
-                self.journal.abandon(entry.id)
+                if self.journal is not None:
+                    self.journal.abandon(entry.id)
                 self.abandoned.append(entry)
             else:
-                self.journal.done(entry.id, artifact.id if artifact is not None and entry.op == "save" else None)
+                if self.journal is not None:
+                    self.journal.done(entry.id, artifact.id if artifact is not None and entry.op == "save" else None)
                 self.published += 1
         if abandon:
-            self.failures.abandoned(entry, self.store.source(entry), self.journal.path)
+            self.failures.abandoned(entry, self.store.source(entry), self._where(entry)[1] or self.home / STAGING)
             return
         self.failures.published(entry)
         if self.on_done is not None:

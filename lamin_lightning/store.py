@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -303,6 +304,9 @@ class Store(EntryArtifacts):
         self._learn(entry)
         if entry.op == "remove":
             return self._retire(entry.replaces, keep_file=False)
+        if entry.op == "end":
+            self._end_run(entry)
+            return None
         with quiet_lamindb(self.verbose), write_transaction():
             artifact = self.find(entry)
             if artifact is None:
@@ -322,6 +326,16 @@ class Store(EntryArtifacts):
             else:
                 self._retire(entry.replaces, keep_file=entry.stored == entry.key)
         return artifact
+
+    def _end_run(self, entry: Entry) -> None:
+        "Mark the fit's run ended, with the status and time the `end` entry journaled (a run made at sync included)."
+        run = self.lookups.run(entry.run, entry.transform)
+        if run is not None:
+            run.finished_at = datetime.fromisoformat(entry.values["finished_at"]) if "finished_at" in entry.values \
+                else datetime.now(timezone.utc)
+            set_run_status(run, "errored" if entry.description == "errored" else "completed")
+            with quiet_lamindb(self.verbose):
+                run.save()
 
     def find(self, entry: Entry) -> ln.Artifact | None:
         "The artifact an earlier attempt made for `entry`, if any."
