@@ -213,7 +213,14 @@ class _PlainStateAlias(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.in_io else self.owner.state_dict()  # Lightning leaves an empty state out
+        return {}  # Lightning leaves an empty state out: the owner's is added below, computed once per save
+
+    @override
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("callbacks")
+        if not self.in_io and isinstance(states, dict) and (state := states.get(self.owner.state_key)) is not None:
+            states.setdefault(self.state_key, state)  # the same object: `torch.save` writes it once
 
 
 def add_state_alias(callback: ModelCheckpoint, trainer: pl.Trainer) -> _PlainStateAlias | None:

@@ -143,6 +143,12 @@ class LaminFileSystem(AbstractFileSystem):
         return {"name": self._strip_protocol(path), "size": artifact.size, "type": "file", "uid": artifact.uid}
 
     @override
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        "`True`, or the reason it is not: Lightning turns `False` into its own \"Checkpoint file not found\"."
+        self.info(path)
+        return True
+
+    @override
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
         if "r" not in mode or "+" in mode:
             raise PermissionError(f"{path} is read-only: Checkpoint publishes files, references only read them.")

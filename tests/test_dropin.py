@@ -326,3 +326,58 @@ def test_wrong_value_type_never_stops_training(tmp_path: Path, caplog) -> None:
     last = ln.Artifact.get(key=f"{dirpath}/checkpoints/last.ckpt")
     values = last.features.get_values()
     assert values["epoch_count"] == 3 and "loss_label" not in values and values["is_last_model"] is True
+
+
+COUNTING = '''
+import os, sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import lamin_lightning as ll
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+
+kind, dirpath, counts = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+base = ModelCheckpoint if kind == "plain" else ll.Checkpoint
+
+
+class Counting(base):
+    "Counts its `state_dict()` calls, one file per process, as Lightning's own tests count them."
+
+    def state_dict(self):
+        with open(counts / f"{kind}-{os.getpid()}", "a") as f:
+            f.write("x")
+        return super().state_dict()
+
+
+if __name__ == "__main__":
+    use_test_instance()
+    callback = Counting(dirpath=dirpath, monitor="val_loss", save_top_k=-1, every_n_epochs=1)
+    trainer = tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=4, strategy="ddp_spawn", devices=2)
+    trainer.fit(TinyModel(), TinyData())
+'''
+
+
+def test_one_state_dict_per_save_as_plain_modelcheckpoint(tmp_path: Path) -> None:
+    "A subclass counting `state_dict()` under `ddp_spawn` on 2 CPU processes, 4 epochs: as many calls as plain's."
+    import subprocess
+    import sys
+
+    use_test_instance()
+    script, counts = tmp_path / "counting.py", tmp_path / "counts"
+    script.write_text(COUNTING)
+    counts.mkdir()
+    for kind in ("plain", "ours"):
+        result = subprocess.run([sys.executable, str(script), kind, str(tmp_path / kind / "ckpts"), str(counts)],
+                                cwd=tmp_path, env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    per_process = {kind: sorted(len(p.read_text()) for p in counts.glob(f"{kind}-*")) for kind in ("plain", "ours")}
+    assert per_process["plain"] == [4, 4]  # measured: one call per save on each of the 2 processes
+    assert per_process["ours"] == per_process["plain"]
+    saved = torch.load(tmp_path / "ours" / "ckpts" / "epoch=3-step=8.ckpt", weights_only=False)["callbacks"]
+    keys = [k for k in saved if k.startswith(("Counting{", "ModelCheckpoint{"))]
+    assert len(keys) == 2, list(saved)  # both state keys written ...
+    assert saved[keys[0]] is saved[keys[1]]  # ... as the same object, computed once
+    assert saved[keys[0]]["best_model_path"].endswith(".ckpt")

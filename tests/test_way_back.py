@@ -1,6 +1,7 @@
 """The way back: `lamin://` references, lineage without `ln.track()`, what a run resumed from, `best.ckpt`, and
 AsyncCheckpointIO, each with a real Trainer and a real instance."""
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -115,6 +116,62 @@ def test_a_reference_that_matches_nothing_fails_before_training(tmp_path: Path) 
     assert [r.status for r in errored] == ["errored"], [r.status for r in errored]
     with pytest.raises(ReferenceNotFound, match="no artifact with uid or key 'missing/x.ckpt'"):
         TinyModel.load_from_checkpoint("lamin://missing/x.ckpt")
+
+
+class Stepping(TinyModel):
+    "Counts every batch it sees, in any stage."
+
+    def __init__(self, steps: list, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def training_step(self, batch, batch_idx):
+        self.steps.append(("train", batch_idx))
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.steps.append(("validate", batch_idx))
+        return super().validation_step(batch, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        self.steps.append(("test", batch_idx))
+
+    def predict_step(self, batch, batch_idx):
+        self.steps.append(("predict", batch_idx))
+        return self._loss(batch)
+
+
+@pytest.mark.parametrize("io", ["ours", "lightning", "async"])
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("reference, looked_up", [
+    ("lamin://nowhere@best", r"is_best_model=True under the key prefix 'nowhere/'"),
+    ("lamin://nowhere/x.ckpt", r"uid or key 'nowhere/x.ckpt'"),
+])
+def test_a_bad_reference_fails_with_its_reason_whichever_io_opens_it(tmp_path: Path, io: str, stage: str,
+                                                                     reference: str, looked_up: str) -> None:
+    """Our `CheckpointIO` (a `Checkpoint` in the trainer), Lightning's own `TorchCheckpointIO` (which asks fsspec's
+    `exists` first), and `AsyncCheckpointIO` around it: each stage fails before its first batch with what was looked up."""
+    use_test_instance()
+    import lamindb_setup as ln_setup
+
+    import lamin_lightning as ll
+    from lamin_lightning.references import ReferenceNotFound
+
+    callbacks = [ll.Checkpoint(dirpath=tmp_path / "ckpts")] if io == "ours" else []
+    plugins = [AsyncCheckpointIO()] if io == "async" else []
+    trainer = tiny_trainer(tmp_path, callbacks, logger=False, max_epochs=1, plugins=plugins)
+    steps: list = []
+    batches = TinyData().val_dataloader()
+    with pytest.raises(ReferenceNotFound) as caught:
+        if stage == "fit":
+            trainer.fit(Stepping(steps), TinyData(), ckpt_path=reference)
+        else:
+            getattr(trainer, stage)(Stepping(steps), batches, ckpt_path=reference)
+    instance = ln_setup.settings.instance.slug
+    assert str(caught.value).startswith(f"{reference}: no artifact with ")  # names the reference, ...
+    assert re.search(looked_up, str(caught.value)) and repr(instance) in str(caught.value)  # ... what was looked up
+    assert "Checkpoint file not found" not in str(caught.value)  # not Lightning's text, which drops both
+    assert steps == []  # not one batch, in any stage
 
 
 @pytest.mark.parametrize("how", ["reference", "local"])
