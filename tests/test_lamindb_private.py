@@ -27,7 +27,7 @@ def test_end_run_sets_lamindb_status_codes() -> None:
     use_test_instance()
     import lamindb as ln
 
-    from lamin_lightning.checkpoint import end_run, start_run
+    from lamin_lightning.fit import end_run, start_run
 
     done, failed = start_run(), start_run()
     assert done.status == "started"
