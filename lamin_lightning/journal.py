@@ -100,9 +100,10 @@ def _object(value: Any) -> bool:
     return isinstance(value, dict)
 
 
+_OPS = get_args(Entry.__annotations__["op"])  # 'save', 'remove', 'end'
 _SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {  # each field of `Entry`: its check, and what it must be
-    "op": (lambda v: v in ("save", "remove"), "'save' or 'remove'"),
-    "key": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+    "op": (lambda v: v in _OPS, " or ".join(map(repr, _OPS))),
+    "key": (_text, "a string"),
     "kind": (lambda v: v in get_args(ArtifactKind), f"one of {get_args(ArtifactKind)}"),
     "path": (_text, "a string"),
     "stored": (_text_or_null, "a string or null"),
@@ -131,7 +132,9 @@ def entry_problem(data: Any) -> str | None:
     for name, (ok, what) in _SCHEMA.items():
         if name in data and not ok(data[name]):
             return f"the entry's {name!r} is {str(json.dumps(data[name]))[:40]}, not {what}"
-    return None
+    if data["op"] == "end":  # an end names its run; a save or a remove names its artifact's key
+        return None if data.get("run") else "the end entry has no 'run'"
+    return None if data["key"] else "the entry's 'key' is empty"
 
 # %% ../nbs/05_journal.ipynb #c42e09b4
 STAGING: str = ".lamin_lightning"  # the journal's folder inside a checkpoint folder
