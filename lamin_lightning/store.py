@@ -214,15 +214,31 @@ class EntryArtifacts(Placement):
         """Apply only the sibling changes of a save that is evicted or re-saved before it was published: its bytes are
         never registered, nor uploaded to cloud storage."""
         self._learn(entry)
-        if entry.op == "save" and entry.replaces in self.ids:  # a superseded re-save: the one that supersedes it
+        made = self.find(entry) if entry.op == "save" else None  # a replay: committed before a kill, `done` line lost
+        if made is not None:  # it is published: the entry that supersedes it (or evicts it) retires it
+            self.ids[entry.id] = made.id
+            if entry.replaces is not None and self.ids.get(entry.replaces) != made.id:
+                self._retire(entry.replaces, keep_file=entry.stored == entry.key)  # the new exists: the old goes
+        elif entry.op == "save" and entry.replaces in self.ids:  # a superseded re-save: the one that supersedes it
             self.ids[entry.id] = self.ids.pop(entry.replaces)  # retires what this one would have retired
         with quiet_lamindb(self.verbose), write_transaction():
             self._write_siblings(entry.siblings)
         self.unstage(entry)
+        if made is not None:
+            return  # its bytes are the committed artifact's
         if entry.stored != entry.key and (target := self.target(entry)) is not None:
             target.unlink(missing_ok=True)
         if (copy := copy_target(entry)) is not None and self.copies.copied(entry, copy):
             copy.unlink()
+
+    def find(self, entry: Entry) -> ln.Artifact | None:
+        "The artifact an earlier attempt made for `entry`, if any."
+        if entry.id in self.ids:
+            return ln.Artifact.objects.filter(id=self.ids[entry.id]).first()
+        # a live fit's failed attempt rolled back; only a replay can meet a commit whose `done` line was never written
+        if self.recovering and entry.stored is not None and entry.stored != entry.key:
+            return ln.Artifact.objects.filter(uid=entry.uid).first()
+        return None
 
     def _learn(self, entry: Entry) -> None:
         "Take the artifact ids an entry knows of its references (only a replay meets ones this store does not know)."
@@ -336,15 +352,6 @@ class Store(EntryArtifacts):
             set_run_status(run, "errored" if entry.description == "errored" else "completed")
             with quiet_lamindb(self.verbose):
                 run.save()
-
-    def find(self, entry: Entry) -> ln.Artifact | None:
-        "The artifact an earlier attempt made for `entry`, if any."
-        if entry.id in self.ids:
-            return ln.Artifact.objects.filter(id=self.ids[entry.id]).first()
-        # a live fit's failed attempt rolled back; only a replay can meet a commit whose `done` line was never written
-        if self.recovering and entry.stored is not None and entry.stored != entry.key:
-            return ln.Artifact.objects.filter(uid=entry.uid).first()
-        return None
 
     def _create(self, entry: Entry) -> tuple[ln.Artifact, bool]:
         "The saved artifact and whether it is new (lamindb returns the latest version of a key if its bytes match)."

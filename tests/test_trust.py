@@ -177,3 +177,45 @@ def test_symlinked_journal_folder_is_refused(tmp_path: Path) -> None:
     assert ln.Artifact.filter(key="other/model.ckpt").count() == 0
     assert len(report.refused) == 1 and "symbolic link" in report.refused[0], report.refused
     assert (other / ".lamin_lightning" / "20260101-000000-crafted0.jsonl").exists()  # kept for its own folder
+
+
+def test_superseded_resave_committed_before_a_kill(tmp_path: Path, monkeypatch) -> None:
+    """A re-save of `last.ckpt` committed before a kill, its `done` line and the old one's retirement lost, while a newer
+    re-save waits (what SIGTERM then SIGKILL 0.3 s later can leave): after `sync`, one artifact, the newest bytes."""
+    use_test_instance()
+    import lamindb as ln
+    from django.db.utils import OperationalError
+
+    import lamin_lightning as ll
+    from lamin_lightning.journal import Contents
+    from lamin_lightning.store import Store
+
+    failing = {"on": False}
+    save = ln.Artifact.save
+
+    def refusing_save(self, *args, **kwargs):
+        if failing["on"]:
+            raise OperationalError("database or disk is full")
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(ln.Artifact, "save", refusing_save)
+    dirpath = tmp_path / "ckpts"
+    callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=1, save_last=True,
+                             enable_version_counter=False)
+    trainer = tiny_trainer(tmp_path, [callback, FailFrom(1, failing)], logger=False, max_epochs=4)
+    trainer.fit(TinyModel(), TinyData())
+    failing["on"] = False
+    (journal,) = (dirpath / ".lamin_lightning").glob("*.jsonl")
+    contents = Contents.read(journal)
+    replaced = {e.replaces for e in contents.entries}
+    superseded = next(e for e in contents.open_entries if e.key.endswith("/last.ckpt") and e.id in replaced)
+    monkeypatch.setattr(Store, "_retire", lambda self, entry_id, keep_file: None)  # killed before the old one goes
+    Store(dirpath).persist(superseded)  # committed; no `done` line
+    monkeypatch.undo()
+    key = f"{dirpath}/checkpoints/last.ckpt"
+    assert ln.Artifact.filter(key=key).count() == 2
+    done = sync(dirpath)
+    assert done.returncode == 0, done.stderr[-2000:]
+    artifacts = list(ln.Artifact.filter(key=key))
+    assert len(artifacts) == 1, [(a.uid, a.is_latest) for a in artifacts]
+    assert Path(artifacts[0].path).read_bytes() == (dirpath / "last.ckpt").read_bytes()
