@@ -6,8 +6,8 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/journal.html.md"""
 
 # %% auto #0
 __all__ = ['STAGING', 'MANAGED', 'UNREADABLE', 'new_entry_id', 'Entry', 'entry_problem', 'stored_path', 'made_in', 'place_file',
-           'JournalUnreadable', 'Contents', 'Journal', 'set_aside', 'JournalRefused', 'check_permissions', 'line_of',
-           'check_entries']
+           'JournalUnreadable', 'Contents', 'JournalFile', 'Journal', 'set_aside', 'unreadable_reason',
+           'JournalRefused', 'check_permissions', 'line_of', 'check_entries']
 
 # %% ../nbs/05_journal.ipynb #2880af01
 import contextlib
@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, TypeVar, get_args
+
+from typing_extensions import Self
 
 from .events import ArtifactKind
 from .observers import log
@@ -267,38 +269,16 @@ class Contents:
         else:
             self.abandoned.add(record["abandoned"])
 
-# %% ../nbs/05_journal.ipynb #8f8e7d21
-class Journal:
-    "The append-only local record of a fit's entries and of which are done."
+# %% ../nbs/05_journal.ipynb #f2a0000b
+class JournalFile:
+    "A journal's file, locked while open: lines are only appended, each in one write, and a torn one is mended."
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd = fd
 
-    @property
-    def home(self) -> Path:
-        "The checkpoint folder this journal belongs to."
-        return self.path.parent.parent
-
     @classmethod
-    def create(cls, home: str | Path, instance: str) -> "Journal":
-        "A new, locked journal in `{home}/.lamin_lightning/` for the LaminDB instance `instance`."
-        folder = Path(home) / STAGING
-        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
-        journal = cls.open(path.with_name(f".{path.name}.new"), create=True)  # no sync sees it without its header
-        assert journal is not None  # a new file is never locked by another process
-        try:
-            journal._write({"lamin_lightning_journal": 1, "instance": instance})
-            os.rename(journal.path, path)  # the lock holds across the rename: it is the same file
-        except BaseException:  # a full disk: no headerless journal, locked or left behind
-            journal.close(delete=True)
-            raise
-        journal.path = path
-        return journal
-
-    @classmethod
-    def open(cls, path: Path, create: bool = False) -> "Journal | None":
+    def open(cls, path: Path, create: bool = False) -> Self | None:
         """Open a journal for appending; `None` if a running process holds it. `FileNotFoundError` if it is gone: another
         process finished and deleted it, even while this one waited for the lock."""
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if create else 0), 0o644)
@@ -324,18 +304,6 @@ class Journal:
         if contents.unended:
             os.write(self._fd, b"\n")
 
-    def add(self, entry: Entry) -> None:
-        "Record `entry` before anything else is tried."
-        self._write({"entry": entry.to_json()})
-
-    def done(self, entry_id: str, artifact_id: int | None) -> None:
-        "Record that `entry_id` is in LaminDB (or needs nothing there)."
-        self._write({"done": entry_id, "artifact": artifact_id})
-
-    def abandon(self, entry_id: str) -> None:
-        "Record that `entry_id`'s bytes were gone from every place they were kept."
-        self._write({"abandoned": entry_id})
-
     def close(self, delete: bool) -> None:
         "Release the lock; delete the file (and the emptied folder) when nothing in it is pending."
         if self._fd < 0:
@@ -350,6 +318,45 @@ class Journal:
     def _write(self, record: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
 
+# %% ../nbs/05_journal.ipynb #8f8e7d21
+class Journal(JournalFile):
+    "The append-only local record of a fit's entries and of which are done."
+
+    @property
+    def home(self) -> Path:
+        "The checkpoint folder this journal belongs to."
+        return self.path.parent.parent
+
+    @classmethod
+    def create(cls, home: str | Path, instance: str) -> "Journal":
+        "A new, locked journal in `{home}/.lamin_lightning/` for the LaminDB instance `instance`."
+        folder = Path(home) / STAGING
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
+        journal = cls.open(path.with_name(f".{path.name}.new"), create=True)  # no sync sees it without its header
+        assert journal is not None  # a new file is never locked by another process
+        try:
+            journal._write({"lamin_lightning_journal": 1, "instance": instance})
+            os.rename(journal.path, path)  # the lock holds across the rename: it is the same file
+        except BaseException:
+            journal.close(delete=True)
+            raise
+        journal.path = path
+        return journal
+
+    def add(self, entry: Entry) -> None:
+        "Record `entry` before anything else is tried."
+        self._write({"entry": entry.to_json()})
+
+    def done(self, entry_id: str, artifact_id: int | None) -> None:
+        "Record that `entry_id` is in LaminDB (or needs nothing there)."
+        self._write({"done": entry_id, "artifact": artifact_id})
+
+    def abandon(self, entry_id: str) -> None:
+        "Record that `entry_id`'s bytes were gone from every place they were kept."
+        self._write({"abandoned": entry_id})
+
+
 # %% ../nbs/05_journal.ipynb #f2a00009
 UNREADABLE: str = ".unreadable"  # the suffix of a journal set aside
 
@@ -359,6 +366,15 @@ def set_aside(path: Path) -> Path:
     aside = path.with_name(path.name + UNREADABLE)
     os.rename(path, aside)
     return aside
+
+
+def unreadable_reason(path: Path) -> str:
+    "Why the journal set aside at `path` cannot be read."
+    try:
+        Contents.read(path)
+    except JournalUnreadable as unreadable:
+        return str(unreadable)
+    return "was set aside"
 
 # %% ../nbs/05_journal.ipynb #4c5d6e7f
 class JournalRefused(ValueError):

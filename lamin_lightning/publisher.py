@@ -25,7 +25,7 @@ import lamindb_setup as ln_setup
 
 from .features import require_instance
 from .journal import (STAGING, UNREADABLE, Contents, Entry, Journal, JournalRefused, JournalUnreadable,
-                                     check_entries, check_permissions, set_aside)
+                                     check_entries, check_permissions, set_aside, unreadable_reason)
 from .observers import log
 from .store import Store, check_owned, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
@@ -406,11 +406,9 @@ class Report:
 def journals(path: str | Path) -> list[Path]:
     "The journal files at or under `path`, those set aside included; for a remote checkpoint folder, in its `local_home`."
     path = local_home(str(path)) if is_remote(path) else Path(path)
-    if path.is_file():
-        return [path]
     for _ in range(100):  # a sync or a fit that runs beside this one deletes the journal folders it empties
         try:
-            return sorted(p for pattern in ("*.jsonl", f"*.jsonl{UNREADABLE}") for p in path.rglob(f"{STAGING}/{pattern}"))
+            return [path] if path.is_file() else sorted([*path.rglob(f"{STAGING}/*.jsonl"), *path.rglob(f"{STAGING}/*.jsonl{UNREADABLE}")])
         except FileNotFoundError:
             continue
     raise FileNotFoundError(f"the journal folders under {path} kept vanishing while they were listed")
@@ -421,8 +419,10 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
     path = Path(path)
     try:
         check_permissions(path, trust_shared)
-        if path.name.endswith(UNREADABLE):
-            return _set_aside(path, forget)
+        if path.name.endswith(UNREADABLE):  # listed with the reason until `forget` deletes it
+            if forget:
+                path.unlink()
+            return Report(discarded=[path]) if forget else Report(unreadable=[(path, unreadable_reason(path))])
         journal = Journal.open(path)
     except FileNotFoundError:  # another sync finished it, or a fit ended, since it was listed: nothing left to do
         return Report()
@@ -467,19 +467,6 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
     report.pending = len(publisher.pending)
     report.abandoned = [(path, e) for e in publisher.abandoned]
     return report
-
-
-def _set_aside(path: Path, forget: bool) -> Report:
-    "A journal set aside: listed with the reason it could not be read, until `forget` deletes it."
-    if forget:
-        path.unlink()
-        return Report(discarded=[path])
-    try:
-        Contents.read(path)
-        why = "set aside"
-    except JournalUnreadable as unreadable:
-        why = str(unreadable)
-    return Report(unreadable=[(path, why)])
 
 
 def sync(path: str | Path = ".", *, trust_shared: bool = False, forget: bool = False, progress: bool = False) -> Report:
