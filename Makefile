@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := $(shell $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -c 'import sys; print("constraints-py310.txt" if sys.version_info < (3, 11) else "constraints.txt")')
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
 
-.PHONY: env demo test check-export notebooks outputs bench docs-check readme clean
+.PHONY: env demo test test-fast check-export notebooks outputs bench docs-check readme clean
 
 env: $(STAMP)
 
@@ -35,6 +35,10 @@ check-export: env
 test: check-export
 	$(BIN)/mypy --ignore-missing-imports lamin_lightning
 	$(BIN)/python -m pytest -p no:warnings tests
+
+# The suite less its `slow` cases (about 5 minutes): for the edit-test loop; CI runs `make test`.
+test-fast: check-export
+	$(BIN)/python -m pytest -p no:warnings -m "not slow" tests
 
 # Run every notebook in a fresh process and store its outputs (masked: no temp paths or random ids), for the docs.
 outputs: env

@@ -359,6 +359,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slow
 def test_one_state_dict_per_save_as_plain_modelcheckpoint(tmp_path: Path) -> None:
     "A subclass counting `state_dict()` under `ddp_spawn` on 2 CPU processes, 4 epochs: as many calls as plain's."
     import subprocess

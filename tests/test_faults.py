@@ -228,6 +228,7 @@ def killed_before_commit(tmp_path: Path) -> Path:
     return tmp_path / "ckpts"
 
 
+@pytest.mark.slow
 def test_sigkill_between_file_write_and_commit(tmp_path: Path) -> None:
     "4. SIGKILL between Lightning's file write and the commit: the journal has it; `sync` publishes it exactly once."
     dirpath = killed_before_commit(tmp_path)

@@ -135,6 +135,7 @@ print(json.dumps([dict(uid=r.uid, status=r.status, finished=r.finished_at is not
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["full", "readonly"])
 @pytest.mark.parametrize("when", ["mid", "before"])
 def test_store_full_or_read_only(tmp_path: Path, disk: Path, fault: str, when: str) -> None:

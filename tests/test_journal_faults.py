@@ -135,6 +135,7 @@ def test_torn_last_line(tmp_path: Path, monkeypatch, caplog) -> None:
 
 @pytest.mark.parametrize("content", [b"", b'{"lamin_lightning_jour', b'{"x": 1}\n'],
                          ids=["zero-length", "torn header", "no header"])
+@pytest.mark.slow
 def test_unreadable_journal_set_aside(tmp_path: Path, content: bytes) -> None:
     """2c. A journal without a readable header never stops a fit into its folder; it is set aside as `.unreadable`
     (kept), listed by `sync` with the reason (exit 2) until `--forget` deletes it."""
@@ -171,6 +172,7 @@ tiny_trainer(dirpath.parent, [callback], logger=False, max_epochs=12).fit(TinyMo
 """
 
 
+@pytest.mark.slow
 def test_three_syncs_beside_a_live_fit(tmp_path: Path, monkeypatch) -> None:
     """7. Three `lamin-lightning sync DIR` at once, beside a live fit, over six pending journals: each journal is
     published by one of them, the others skip it; no crash, valid exit codes, nothing lost or duplicated."""

@@ -310,6 +310,7 @@ def run_child(s3: dict, part: str) -> tuple[subprocess.CompletedProcess, dict]:
     return done, json.loads(line[len(RESULT):])
 
 
+@pytest.mark.slow
 def test_s3_storage_uploads_once_and_downloads_once(s3: dict) -> None:
     done, result = run_child(s3, "storage")
     log_path = s3["log"]

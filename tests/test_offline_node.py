@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
+
 
 RESULT = "LAMIN_LIGHTNING_OFFLINE_NODE "
 URL_VARIABLE = "LAMIN_LIGHTNING_TEST_PG_URL"
@@ -90,6 +92,7 @@ def run_step(env: dict, work: Path, *args: str) -> tuple[subprocess.CompletedPro
     return done, json.loads(lines[0][len(RESULT):]) if lines else None
 
 
+@pytest.mark.slow
 def test_fit_without_database_then_sync_elsewhere(tmp_path: Path) -> None:
     from pg import child_env, postgres_or_skip, stopped
 

@@ -112,6 +112,7 @@ def check_fit(fit: dict) -> None:
     assert fit["last_keys"] == [fit["prefix"] + "last.ckpt"]
 
 
+@pytest.mark.slow
 def test_checkpoints_on_postgres(tmp_path: Path) -> None:
     from pg import child_env, postgres_or_skip, postgres_version
 

@@ -183,6 +183,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_yes_and_exit_codes(tmp_path: Path) -> None:
     use_instance()
     import lamindb as ln
@@ -332,6 +333,7 @@ def run_child(kind: str, cwd: Path, env: dict[str, str]) -> dict:
     return json.loads(line[len(RESULT):])
 
 
+@pytest.mark.slow
 def test_prune_on_postgres(tmp_path: Path) -> None:
     from pg import child_env, postgres_or_skip
 

@@ -260,6 +260,7 @@ def test_async_eviction_waits_for_the_write(tmp_path: Path) -> None:
     assert [Path(k).name for k in keys] == [Path(callback.best_model_path).name]
 
 
+@pytest.mark.slow
 def test_load_from_checkpoint_in_a_tracked_run_records_an_input(tmp_path: Path) -> None:
     use_test_instance()
     import lamindb as ln
