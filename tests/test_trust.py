@@ -23,15 +23,10 @@ class FailFrom(pl.Callback):
             self.failing["on"] = True
 
 
-@pytest.mark.parametrize("virtual", [True, False], ids=["virtual-keys", "real-keys"])
-def test_resaves_refused_then_synced_leave_one_current(tmp_path: Path, monkeypatch, virtual: bool) -> None:
-    """A refused store over three re-saves of `last.ckpt`: after `sync`, one artifact under the key, the newest bytes
-    (with real keys, the replay's ownership checks let the fit's own earlier `last.ckpt` be retired)."""
-    use_test_instance()
+def refuse_saves_when_on(monkeypatch) -> dict:
+    "Patch `Artifact.save` to raise while the returned switch is on (`FailFrom` turns it on)."
     import lamindb as ln
     from django.db.utils import OperationalError
-
-    import lamin_lightning as ll
 
     failing = {"on": False}
     save = ln.Artifact.save
@@ -42,6 +37,19 @@ def test_resaves_refused_then_synced_leave_one_current(tmp_path: Path, monkeypat
         return save(self, *args, **kwargs)
 
     monkeypatch.setattr(ln.Artifact, "save", refusing_save)
+    return failing
+
+
+@pytest.mark.parametrize("virtual", [True, False], ids=["virtual-keys", "real-keys"])
+def test_resaves_refused_then_synced_leave_one_current(tmp_path: Path, monkeypatch, virtual: bool) -> None:
+    """A refused store over three re-saves of `last.ckpt`: after `sync`, one artifact under the key, the newest bytes
+    (with real keys, the replay's ownership checks let the fit's own earlier `last.ckpt` be retired)."""
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    failing = refuse_saves_when_on(monkeypatch)
     monkeypatch.chdir(tmp_path)
     dirpath = tmp_path / "ckpts"
     callback = ll.Checkpoint(dirpath=dirpath if virtual else "ckpts", monitor="val_loss", save_top_k=1, save_last=True,
@@ -184,21 +192,12 @@ def test_superseded_resave_committed_before_a_kill(tmp_path: Path, monkeypatch) 
     re-save waits (what SIGTERM then SIGKILL 0.3 s later can leave): after `sync`, one artifact, the newest bytes."""
     use_test_instance()
     import lamindb as ln
-    from django.db.utils import OperationalError
 
     import lamin_lightning as ll
     from lamin_lightning.journal import Contents
     from lamin_lightning.store import Store
 
-    failing = {"on": False}
-    save = ln.Artifact.save
-
-    def refusing_save(self, *args, **kwargs):
-        if failing["on"]:
-            raise OperationalError("database or disk is full")
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(ln.Artifact, "save", refusing_save)
+    failing = refuse_saves_when_on(monkeypatch)
     dirpath = tmp_path / "ckpts"
     callback = ll.Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=1, save_last=True,
                              enable_version_counter=False)
