@@ -1,0 +1,128 @@
+"""Sharded checkpoints: `ModelParallelStrategy(save_distributed_checkpoint=True)` with FSDP2's `fully_shard` on two CPU
+processes (gloo, real subprocesses, `sharded_app.py`), each checkpoint a folder of shards. Each kept folder is one
+lamindb folder artifact under Lightning's file name, with the features, flags, ranks and run of a file checkpoint,
+its files hard-linked into the storage; evicted folders leave nothing; the counts printed are what LaminDB holds."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faults import sync
+from lamin_lightning.testing import use_test_instance
+
+APP = Path(__file__).with_name("sharded_app.py")
+SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_app(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    "A 2-process model-parallel fit; fails the test unless it exits 0."
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(free_port())}
+    result = subprocess.run([sys.executable, str(APP), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "distributed_backend=gloo" in result.stderr  # really two processes
+    return result
+
+
+def on_disk(dirpath: Path) -> dict[str, Path]:
+    return {p.name: p for p in dirpath.glob("*.ckpt")}
+
+
+@pytest.fixture(scope="module")
+def sharded_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    "One fit of 3 epochs, `save_top_k=2`, `save_last=True`: epoch 0's folder is evicted at epoch 2."
+    use_test_instance()
+    tmp = tmp_path_factory.mktemp("sharded")
+    dirpath = tmp / "ckpts"
+    return dirpath, run_app(tmp, str(dirpath))
+
+
+def test_each_kept_folder_is_one_folder_artifact(sharded_fit) -> None:
+    import lamindb as ln
+
+    dirpath, result = sharded_fit
+    folders = on_disk(dirpath)
+    assert set(folders) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    assert "Could not store" not in result.stderr and "could not record" not in result.stderr, result.stderr[-3000:]
+    artifacts = {a.key: a for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    assert set(artifacts) == {f"{dirpath}/checkpoints/{name}" for name in folders}  # no trailing slash, nothing evicted
+    for name, folder in folders.items():
+        artifact = artifacts[f"{dirpath}/checkpoints/{name}"]
+        assert sorted(p.name for p in folder.iterdir()) == SHARDS
+        assert (artifact.n_files, artifact.size) == (4, sum(p.stat().st_size for p in folder.iterdir()))
+        assert artifact.kind == "model" and artifact.description == "model checkpoint"
+        stored = Path(artifact.path)
+        assert stored.is_dir() and stored.name == artifact.uid[:16]
+        for shard in SHARDS:  # one copy on disk: each file hard-linked into the storage
+            assert os.stat(stored / shard).st_ino == os.stat(folder / shard).st_ino, (name, shard)
+    assert not (dirpath / ".lamin_lightning").exists()  # nothing pending
+    assert "epoch=0-step=2" not in result.stderr  # an evicted folder is never said to be published
+
+
+def test_evicted_folder_leaves_nothing_in_storage(sharded_fit) -> None:
+    import lamindb as ln
+    import lamindb_setup as ln_setup
+
+    dirpath, _ = sharded_fit
+    managed = Path(str(ln_setup.settings.storage.root)) / ".lamindb"
+    registered = {Path(a.path).name for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    uids = {a.uid[:16] for a in ln.Artifact.filter()}
+    leftovers = [p.name for p in managed.iterdir() if p.is_dir() and p.name not in uids]
+    assert len(registered) == 3 and leftovers == []  # epoch 0's placed folder went with its eviction
+    assert ln.Artifact.filter(key=f"{dirpath}/checkpoints/epoch=0-step=2.ckpt").count() == 0
+
+
+def test_folder_flags_ranks_and_run_match_lightning(sharded_fit) -> None:
+    import lamindb as ln
+
+    import torch
+
+    dirpath, _ = sharded_fit
+    meta = torch.load(dirpath / "last.ckpt" / "meta.pt", weights_only=False)  # Lightning's own state at the last save
+    state = next(v for k, v in meta["callbacks"].items() if "Checkpoint" in k)
+    best_k = {Path(p).name: float(s) for p, s in state["best_k_models"].items()}
+    values = {Path(a.key).name: a.features.get_values() for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    ranked = sorted(best_k, key=best_k.get)
+    for rank, name in enumerate(ranked):
+        assert values[name]["model_rank"] == rank and values[name]["score"] == pytest.approx(best_k[name]), values[name]
+    assert [n for n, v in values.items() if v["is_best_model"]] == [Path(state["best_model_path"]).name]
+    assert [n for n, v in values.items() if v["is_last_model"]] == ["last.ckpt"]
+    assert values["epoch=2-step=6.ckpt"]["epoch"] == 2 and values["epoch=2-step=6.ckpt"]["step"] == 6
+    runs = {a.run_id for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    assert len(runs) == 1 and None not in runs  # one run: only rank 0 touched LaminDB
+
+
+def test_refused_then_synced_counts_what_lamindb_holds(tmp_path: Path) -> None:
+    """The store refuses every write from the first epoch (a fault injected): every folder waits in the journal;
+    `lamin-lightning sync` then publishes the kept ones, and prints as published exactly what LaminDB holds, the
+    folders evicted or re-saved meanwhile as skipped."""
+    use_test_instance()
+    import lamindb as ln
+
+    dirpath = tmp_path / "ckpts"
+    result = run_app(tmp_path, str(dirpath), "--refuse-from-epoch", "0")
+    assert "Could not store" in result.stderr and "IsADirectoryError" not in result.stderr, result.stderr[-3000:]
+    assert "published" not in re.sub(r"publication\(s\) pending", "", result.stderr)  # nothing was published
+    assert ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/").count() == 0
+    synced = sync(dirpath)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    held = {Path(a.key).name for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    assert held == set(on_disk(dirpath)) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    # skipped: the two last.ckpt re-saved before they were published (epoch 0's folder, evicted, was skipped by the
+    # fit itself: nothing of it to store)
+    assert synced.stdout.splitlines()[-1].startswith("published 3; 2 skipped (evicted or re-saved before they were published); "
+                                    "0 still pending; 0 abandoned"), synced.stdout
+    for artifact in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/"):
+        assert artifact.n_files == 4 and sorted(p.name for p in Path(artifact.path).iterdir()) == SHARDS
