@@ -126,3 +126,42 @@ def test_refused_then_synced_counts_what_lamindb_holds(tmp_path: Path) -> None:
                                     "0 still pending; 0 abandoned"), synced.stdout
     for artifact in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/"):
         assert artifact.n_files == 4 and sorted(p.name for p in Path(artifact.path).iterdir()) == SHARDS
+
+
+@pytest.mark.parametrize("selector", ["@last", "uid"])
+def test_resume_by_reference_loads_the_folder_on_every_rank(sharded_fit, selector: str) -> None:
+    """`fit(ckpt_path="lamin://…")` with the same strategy: rank 0 resolves the reference, both ranks load the same
+    local folder, and training goes on from its step; the folder is an input of the resumed run."""
+    import lamindb as ln
+
+    dirpath, _ = sharded_fit
+    prefix = f"{dirpath}/checkpoints"
+    source = ln.Artifact.get(key=f"{prefix}/last.ckpt")
+    reference = f"lamin://{prefix}@last" if selector == "@last" else f"lamin://{source.uid}"
+    resumed = dirpath.parent / f"resumed-{selector.strip('@')}"
+    result = run_app(dirpath.parent, str(resumed), "--ckpt-path", reference, "--epochs", "4")
+    assert "global_step=8" in result.stdout, result.stdout  # step 6 restored, then one epoch of 2 steps
+    assert {p.name for p in resumed.glob("*.ckpt")} == {"epoch=3-step=8.ckpt", "last.ckpt"}  # epochs 0-2 not re-run
+    run = ln.Artifact.get(key=f"{resumed}/checkpoints/last.ckpt").run
+    assert source in run.input_artifacts.all()
+
+
+def test_folder_reference_on_a_files_strategy_fails_before_training(sharded_fit, tmp_path: Path) -> None:
+    "A folder on a strategy that reads one file through its CheckpointIO: a clear error, no batch run."
+    from lamin_lightning import Checkpoint
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+
+    dirpath, _ = sharded_fit
+    trainer = tiny_trainer(tmp_path, [Checkpoint(dirpath=tmp_path / "ckpts")], logger=False)
+    with pytest.raises(IsADirectoryError, match="is a sharded checkpoint folder .*ModelParallelStrategy.*"
+                                                "consolidate_checkpoint"):
+        trainer.fit(TinyModel(hidden=8), TinyData(hidden=8), ckpt_path=f"lamin://{dirpath}/checkpoints@best")
+    assert trainer.global_step == 0
+
+
+def test_load_from_checkpoint_of_a_folder_names_the_consolidation_tool(sharded_fit) -> None:
+    from lamin_lightning.testing import TinyModel
+
+    dirpath, _ = sharded_fit
+    with pytest.raises(IsADirectoryError, match=r"python -m lightning\.pytorch\.utilities\.consolidate_checkpoint "):
+        TinyModel.load_from_checkpoint(f"lamin://{dirpath}/checkpoints@best")
