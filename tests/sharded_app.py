@@ -2,7 +2,7 @@
 layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
 
 `python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
-[--strategy model_parallel|fsdp|deepspeed]`; refuses every non-loopback connection. `fsdp`
+[--strategy model_parallel|fsdp|deepspeed] [--save-best]`; refuses every non-loopback connection. `fsdp`
 (`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
 raises, as a store that refuses writes to the end of the fit."""
 import argparse
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--files-only", action="store_true", help="save_distributed_checkpoint=False: one file")
     parser.add_argument("--refuse-from-epoch", type=int)
+    parser.add_argument("--save-best", action="store_true", help="keep best.ckpt, a link to the best folder")
     parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
     args = parser.parse_args()
     accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
@@ -61,7 +62,8 @@ def main() -> None:
 
         accelerator, devices, model = "cuda", min(2, torch.cuda.device_count()), TinyModel(hidden=8)
         strategy = FSDPStrategy(state_dict_type="sharded") if args.strategy == "fsdp" else DeepSpeedStrategy(stage=2)
-    callback = Checkpoint(dirpath=args.dirpath, monitor="val_loss", save_top_k=2, save_last=True)
+    callback = Checkpoint(dirpath=args.dirpath, monitor="val_loss", save_top_k=2, save_last=True,
+                          save_best=args.save_best or None)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, max_epochs=args.epochs,
                          limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback] + ([] if args.refuse_from_epoch is None else [RefuseFrom(args.refuse_from_epoch)]))

@@ -42,11 +42,12 @@ def on_disk(dirpath: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def sharded_fit(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    "One fit of 3 epochs, `save_top_k=2`, `save_last=True`: epoch 0's folder is evicted at epoch 2."
+    """One fit of 3 epochs, `save_top_k=2`, `save_last=True`, `save_best=True` (`best.ckpt`, a link to the best folder):
+    epoch 0's folder is evicted at epoch 2."""
     use_test_instance()
     tmp = tmp_path_factory.mktemp("sharded")
     dirpath = tmp / "ckpts"
-    return dirpath, run_app(tmp, str(dirpath))
+    return dirpath, run_app(tmp, str(dirpath), "--save-best")
 
 
 def test_each_kept_folder_is_one_folder_artifact(sharded_fit) -> None:
@@ -54,7 +55,8 @@ def test_each_kept_folder_is_one_folder_artifact(sharded_fit) -> None:
 
     dirpath, result = sharded_fit
     folders = on_disk(dirpath)
-    assert set(folders) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    assert set(folders) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt", "best.ckpt"}
+    assert (dirpath / "best.ckpt").is_symlink() and (dirpath / "best.ckpt").resolve().name == "epoch=2-step=6.ckpt"
     assert "Could not store" not in result.stderr and "could not record" not in result.stderr, result.stderr[-3000:]
     artifacts = {a.key: a for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
     assert set(artifacts) == {f"{dirpath}/checkpoints/{name}" for name in folders}  # no trailing slash, nothing evicted
@@ -80,7 +82,7 @@ def test_evicted_folder_leaves_nothing_in_storage(sharded_fit) -> None:
     registered = {Path(a.path).name for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
     uids = {a.uid[:16] for a in ln.Artifact.filter()}
     leftovers = [p.name for p in managed.iterdir() if p.is_dir() and p.name not in uids]
-    assert len(registered) == 3 and leftovers == []  # epoch 0's placed folder went with its eviction
+    assert len(registered) == 4 and leftovers == []  # epoch 0's placed folder went with its eviction
     assert ln.Artifact.filter(key=f"{dirpath}/checkpoints/epoch=0-step=2.ckpt").count() == 0
 
 
@@ -99,6 +101,7 @@ def test_folder_flags_ranks_and_run_match_lightning(sharded_fit) -> None:
         assert values[name]["model_rank"] == rank and values[name]["score"] == pytest.approx(best_k[name]), values[name]
     assert [n for n, v in values.items() if v["is_best_model"]] == [Path(state["best_model_path"]).name]
     assert [n for n, v in values.items() if v["is_last_model"]] == ["last.ckpt"]
+    assert values["best.ckpt"]["score"] == pytest.approx(best_k[Path(state["best_model_path"]).name])  # the best's
     assert values["epoch=2-step=6.ckpt"]["epoch"] == 2 and values["epoch=2-step=6.ckpt"]["step"] == 6
     runs = {a.run_id for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
     assert len(runs) == 1 and None not in runs  # one run: only rank 0 touched LaminDB
