@@ -130,8 +130,8 @@ def local_path(reference: str | Reference, record: bool = True) -> tuple[Path, l
 # %% ../nbs/07_references.ipynb #a70052f3
 def consolidate_hint(folder: Path) -> str:
     "How to turn the sharded checkpoint `folder` into one file that any strategy and `load_from_checkpoint` read."
-    return (f"consolidate it into one file first: `python -m lightning.pytorch.utilities.consolidate_checkpoint "
-            f"{folder}` writes {folder}.consolidated")
+    return ("consolidate it into one file first (Lightning's tool, for torch distributed checkpoint folders): "
+            f"`python -m lightning.pytorch.utilities.consolidate_checkpoint {folder} --output_file model.ckpt`")
 
 # %% ../nbs/07_references.ipynb #f6a00020
 class LaminFileSystem(AbstractFileSystem):
