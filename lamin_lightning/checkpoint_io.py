@@ -277,10 +277,13 @@ class LaminCheckpointIO(CheckpointIO):
     def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
         local, artifact = local_path(str(path), record=False) if is_reference(str(path)) else (Path(path), None)
-        if artifact is not None and local.is_dir():  # a sharded checkpoint, on a strategy that reads one file
-            raise folder_refused(str(path), local)
         self.loaded = Loaded(str(path), local, artifact)
-        return self.wrapped.load_checkpoint(local, map_location=map_location, weights_only=weights_only)
+        try:
+            return self.wrapped.load_checkpoint(local, map_location=map_location, weights_only=weights_only)
+        except IsADirectoryError as error:  # a sharded checkpoint, and an IO that reads one file
+            if local.is_dir():
+                raise folder_refused(str(path), local) from error
+            raise
 
     @override
     def remove_checkpoint(self, path: str | Path) -> None:

@@ -168,3 +168,47 @@ def test_load_from_checkpoint_of_a_folder_names_the_consolidation_tool(sharded_f
     dirpath, _ = sharded_fit
     with pytest.raises(IsADirectoryError, match=r"python -m lightning\.pytorch\.utilities\.consolidate_checkpoint "):
         TinyModel.load_from_checkpoint(f"lamin://{dirpath}/checkpoints@best")
+
+
+def test_a_users_io_that_writes_folders(tmp_path: Path) -> None:
+    """A user's own `CheckpointIO` that writes each checkpoint as a folder (weights and the rest apart), on one CPU
+    device: each kept folder is one folder artifact with its two files, the evicted one is retired, and a resume by
+    `@last` reads the folder through the same IO."""
+    use_test_instance()
+    import lamindb as ln
+    import torch
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from lamin_lightning import Checkpoint
+    from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
+
+    class FolderIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            Path(path).mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint.pop("state_dict"), Path(path) / "weights.pt")
+            torch.save(checkpoint, Path(path) / "rest.pt")
+
+        def load_checkpoint(self, path, map_location=None, weights_only=None):
+            return {**torch.load(Path(path) / "rest.pt", weights_only=False), "state_dict": torch.load(Path(path) / "weights.pt")}
+
+    dirpath = tmp_path / "ckpts"
+    callback = Checkpoint(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True)
+    tiny_trainer(tmp_path, [callback], logger=False, max_epochs=3, plugins=[FolderIO()]).fit(TinyModel(), TinyData())
+    artifacts = {Path(a.key).name: a for a in ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/")}
+    assert set(artifacts) == {p.name for p in dirpath.glob("*.ckpt")} == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt",
+                                                                         "last.ckpt"}
+    assert all(a.n_files == 2 and sorted(p.name for p in Path(a.path).iterdir()) == ["rest.pt", "weights.pt"]
+               for a in artifacts.values())
+    import lightning.pytorch as pl
+
+    class Batches(pl.Callback):
+        ran = 0
+
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            self.ran += 1
+
+    batches = Batches()
+    resumed = tiny_trainer(tmp_path, [Checkpoint(dirpath=tmp_path / "resumed"), batches], logger=False, max_epochs=4,
+                           plugins=[FolderIO()])
+    resumed.fit(TinyModel(), TinyData(), ckpt_path=f"lamin://{dirpath}/checkpoints@last")
+    assert (resumed.global_step, batches.ran) == (8, 2)  # step 6 restored from the folder: one epoch of 2 batches
