@@ -25,7 +25,7 @@ from lamindb_setup.core.hashing import hash_file
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from .checkpoint_io import LaminCheckpointIO
+from .checkpoint_io import LaminCheckpointIO, resolve_references_on_load
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
 from .fit import _AtSave, _FitSetup, _FitState, end_entry, entry_point, start_run
@@ -267,6 +267,17 @@ class _Lineage(_Removing):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_fit_start(trainer, pl_module)
+        if not trainer.strategy.restore_checkpoint_after_setup:
+            self._after_restore(trainer)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.strategy.restore_checkpoint_after_setup:  # a sharded strategy restores after `on_fit_start`
+            self._after_restore(trainer)
+
+    def _after_restore(self, trainer: pl.Trainer) -> None:
+        "Once Lightning restored a checkpoint (or none): its lineage, and the restored files LaminDB lacks."
         if trainer.is_global_zero:
             self._record_resumed_from()
         if self._restored and trainer.is_global_zero:
@@ -289,8 +300,8 @@ class _Lineage(_Removing):
     def _publish_restored(self, trainer: pl.Trainer) -> None:
         "Publish the files the restored state names that exist on disk but not in LaminDB, the last one last."
         last = self.last_model_path
-        named = sorted((p for p in self.best_k_models if p != last and os.path.isfile(p)), key=os.path.getmtime)
-        if last and os.path.isfile(last):
+        named = sorted((p for p in self.best_k_models if p != last and os.path.exists(p)), key=os.path.getmtime)
+        if last and os.path.exists(last):  # a file, or a sharded checkpoint's folder
             named.append(last)
         keys = {p: self.resolve_artifact_key(trainer=trainer, filepath=p, kind="checkpoint") for p in named}
         known = set(ln.Artifact.filter(key__in=list(keys.values())).values_list("key", flat=True))
@@ -326,6 +337,7 @@ class _Hooks(_Lineage):
         super().setup(trainer, pl_module, stage)
         self._trainer = trainer
         self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
+        resolve_references_on_load(trainer.strategy, self._io)  # also where the strategy loads folders itself
         self._io.before_remove = self._keep_bytes
         if (alias := self._state_alias) is not None and self._io.asynchronous:  # the IO thread adds the state under
             alias.in_io = True  # plain ModelCheckpoint's key, as the same object: AsyncCheckpointIO clones its tensors once

@@ -96,7 +96,8 @@ def _sync(args: argparse.Namespace) -> int:
 
     progress = sys.stderr.isatty() or bool(os.environ.get("LAMIN_LIGHTNING_PROGRESS"))
     report = sync(args.path, trust_shared=args.trust_shared, forget=args.forget, progress=progress)
-    print(f"published {report.published}; {report.pending} still pending; {len(report.abandoned)} abandoned")
+    skipped = f"; {report.skipped} skipped (evicted or re-saved before they were published)" if report.skipped else ""
+    print(f"published {report.published}{skipped}; {report.pending} still pending; {len(report.abandoned)} abandoned")
     for title, rows in (("abandoned (its bytes are gone)", report.abandoned), ("forgotten", report.forgotten)):
         for journal, entry in rows:
             print(f"{title}: {entry.key} ({Path(journal).parent.parent / entry.path}) in {journal}")

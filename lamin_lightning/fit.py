@@ -321,7 +321,9 @@ class _Entries(_Values):
         entry = Entry(op, key, kind=kind, path=path, remote=remote, run=uid, transform=transform, **fields)
         if op == "save":  # where its bytes go depends on its uid: the entry is made once more, complete
             cloud = fit.cloud if fit is not None else storage_root() is None  # known per fit: no file lookups
-            entry = replace(entry, stored=stored_path(entry, filepath, cloud=cloud, key_is_virtual=self.key_is_virtual))
+            folder = not remote and os.path.isdir(path)  # a sharded checkpoint, complete once the strategy's save returned
+            entry = replace(entry, stored=stored_path(entry, filepath, cloud=cloud, key_is_virtual=self.key_is_virtual,
+                                                      folder=folder))
         return entry
 
     def _checkpoint_entry(self, trainer: pl.Trainer, filepath: str, at: _AtSave,
@@ -375,9 +377,10 @@ class _FitSetup(_Entries):
             except JournalRefused as refusal:
                 log.warning("lamin_lightning: %s", refusal)
                 continue
-            if report.published or report.pending or report.abandoned:
-                log.warning("lamin_lightning: replayed %d publication(s) an earlier fit left in %s; %d still pending, "
-                            "%d abandoned", report.published, path, report.pending, len(report.abandoned))
+            if report.published or report.skipped or report.pending or report.abandoned:
+                log.warning("lamin_lightning: replayed what an earlier fit left in %s: published %d, skipped %d (evicted "
+                            "before they were published); %d still pending, %d abandoned", path, report.published,
+                            report.skipped, report.pending, len(report.abandoned))
 
     def _save_run_features(self, trainer: pl.Trainer, features: FitFeatures, hparams: dict[str, Any],
                            run: ln.Run) -> None:

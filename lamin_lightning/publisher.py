@@ -62,10 +62,13 @@ class Failures:
             log.warning("lamin_lightning: %s", self.message(entry, error, "Training goes on", source, journal))
         self.failing = error
 
-    def published(self, entry: Entry) -> None:
-        "`entry` is in LaminDB: a failure streak ends here."
-        if self.failing is not None:
-            log.warning("lamin_lightning: LaminDB accepts writes again; published %s", entry.key)
+    def published(self, entry: Entry, skipped: bool = False) -> None:
+        """`entry` is done: a failure streak ends here, unless it was `skipped` (evicted or re-saved before it was
+        published: nothing was stored, so nothing says that LaminDB accepts artifacts again)."""
+        if self.failing is not None and not skipped:
+            done = f"retired {entry.key}" if entry.op == "remove" else \
+                f"recorded the end of run {entry.run}" if entry.op == "end" else f"published {entry.key}"
+            log.warning("lamin_lightning: LaminDB accepts writes again; %s", done)
             self.failing = None
 
     def abandoned(self, entry: Entry, source: Path, journal: Path) -> None:
@@ -244,7 +247,8 @@ class Completing(Recording):
         self.on_done = on_done  # called for each entry once it is in LaminDB
         self.superseded: set[str] = set()  # entries a later one re-saved or evicted: only their sibling changes count
         self.abandoned: list[Entry] = []  # entries whose bytes are gone everywhere: the journal keeps them
-        self.published = 0
+        self.published = 0  # saves now in LaminDB
+        self.skipped = 0  # saves evicted or re-saved before they were published: never in LaminDB
         self.failures = Failures(self.home)
 
     def keep(self, path: str | Path) -> None:
@@ -257,7 +261,7 @@ class Completing(Recording):
         for entry in waiting:
             self.writes[entry.id].wait()  # its bytes were placed when the write completed
 
-    def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False) -> None:
+    def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False, skipped: bool = False) -> None:
         with self._lock:
             self.pending.pop(0)
             if abandon:
@@ -267,11 +271,12 @@ class Completing(Recording):
             else:
                 if self.journal is not None:
                     self.journal.done(entry.id, artifact.id if artifact is not None and entry.op == "save" else None)
-                self.published += 1
+                self.skipped += skipped
+                self.published += entry.op == "save" and not skipped
         if abandon:
             self.failures.abandoned(entry, self.store.source(entry), self._where(entry)[1] or self.home / STAGING)
             return
-        self.failures.published(entry)
+        self.failures.published(entry, skipped)
         if self.on_done is not None:
             self.on_done(entry, artifact)
 
@@ -296,14 +301,14 @@ class Draining(Completing):
                     self.writes.pop(entry.id)
                 if entry.id in self.superseded or self._evicted_early(entry):
                     self.store.skip(entry)  # evicted before it was published: nothing to register or upload
-                    self._finish(entry, None)
+                    self._finish(entry, None, skipped=True)
                     continue
                 artifact = self.store.persist(entry)
             except Exception as error:
                 if entry.op == "save" and self.store.bytes_gone(entry):
                     superseded = entry.id in self.superseded or \
                         any(e.op == "remove" and e.replaces == entry.id for e in self.pending)
-                    self._finish(entry, None, abandon=not superseded)
+                    self._finish(entry, None, abandon=not superseded, skipped=superseded)
                     continue
                 self.failures.failed(entry, error, *self._where(entry))
                 if self.strict:
@@ -381,7 +386,8 @@ class Publisher(Draining, HandOff):
 class Report:
     "What `replay` or `sync` did."
 
-    published: int = 0  # entries now in LaminDB (or done: an eviction, a superseded save)
+    published: int = 0  # saved checkpoints and files now in LaminDB
+    skipped: int = 0  # saves evicted or re-saved before they were published: done, never in LaminDB
     pending: int = 0  # entries still waiting for LaminDB
     abandoned: list[tuple[Path, Entry]] = field(default_factory=list)  # (journal, entry) whose bytes are gone
     forgotten: list[tuple[Path, Entry]] = field(default_factory=list)  # abandoned entries dropped by `forget=True`
@@ -392,6 +398,7 @@ class Report:
 
     def __iadd__(self, other: "Report") -> "Report":
         self.published += other.published
+        self.skipped += other.skipped
         self.pending += other.pending
         for name in ("abandoned", "forgotten", "refused", "busy", "unreadable", "discarded"):
             getattr(self, name).extend(getattr(other, name))
@@ -464,6 +471,7 @@ def replay(path: str | Path, *, trust_shared: bool = False, forget: bool = False
         publisher.superseded = {e.id for e in todo if e.id in replaced}  # nothing to publish but sibling changes
         publisher.close()
     report.published += publisher.published
+    report.skipped += publisher.skipped
     report.pending = len(publisher.pending)
     report.abandoned = [(path, e) for e in publisher.abandoned]
     return report

@@ -21,7 +21,7 @@ import lamindb as ln
 import lamindb_setup as ln_setup
 
 from .features import ValueWriter, coerce_value, features_by_name
-from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file
+from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file, remove_bytes
 from .observers import log
 from .upstream import is_adding, new_artifact, set_run_status, write_transaction
 from .writes import ServerCopies, copy_in_cloud, copy_target
@@ -88,9 +88,9 @@ class EntryFiles:
 
     def unstage(self, entry: Entry) -> None:
         "Delete the copies of `entry`'s bytes kept next to the journal (once registered, or never to be)."
-        self.staged(entry).unlink(missing_ok=True)
+        remove_bytes(self.staged(entry))  # a file, or a sharded checkpoint's folder
         if entry.path.startswith(f"{STAGING}/"):  # a file from outside the folder, copied next to the journal
-            self.source(entry).unlink(missing_ok=True)
+            remove_bytes(self.source(entry))
 
 # %% ../nbs/09_store.ipynb #05db890c
 class Placement(EntryFiles):
@@ -227,7 +227,7 @@ class EntryArtifacts(Placement):
         if made is not None:
             return  # its bytes are the committed artifact's
         if entry.stored != entry.key and (target := self.target(entry)) is not None:
-            target.unlink(missing_ok=True)
+            remove_bytes(target)
         if (copy := copy_target(entry)) is not None and self.copies.copied(entry, copy):
             copy.unlink()
 

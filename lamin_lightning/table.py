@@ -13,6 +13,7 @@ import warnings
 
 import lamindb as ln
 import pandas as pd
+from django.db.models import Q
 
 from .features import FEATURE_TYPE, require_instance
 
@@ -24,13 +25,13 @@ _FEATURES = {"epoch": "Int64", "step": "Int64", "score": "Float64", "model_rank"
 
 
 def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -> pd.DataFrame:
-    """One row per checkpoint artifact (a `.ckpt` file) under the key `prefix`, or made by `run` (a run or its uid),
+    """One row per checkpoint artifact (a `.ckpt` file, or a sharded checkpoint's folder) under the key `prefix`, or made by `run` (a run or its uid),
     or both; ordered by step, then by creation.
 
     Columns: `key`, `uid`, `epoch`, `step`, `score`, `model_rank`, `is_best_model`, `is_last_model`, `size` (bytes),
     `created_at`, `run` (the uid of the run that made it). A value that was not recorded is `<NA>`."""
     require_instance("before listing checkpoints")
-    artifacts = ln.Artifact.filter(suffix=".ckpt")
+    artifacts = ln.Artifact.filter(Q(suffix=".ckpt") | Q(suffix="", key__endswith=".ckpt"))  # folders have no suffix
     if prefix is not None:
         artifacts = artifacts.filter(key__startswith=prefix.rstrip("/") + "/")
     if run is not None:

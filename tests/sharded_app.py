@@ -1,0 +1,78 @@
+"""A model-parallel fit on two CPU processes (gloo) for the sharded-checkpoint tests: FSDP2's `fully_shard` on the
+layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
+
+`python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
+[--strategy model_parallel|fsdp|deepspeed] [--save-best]`; refuses every non-loopback connection. `fsdp`
+(`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
+raises, as a store that refuses writes to the end of the fit."""
+import argparse
+import sys
+
+from lamin_lightning.testing import NetworkGuard
+
+guard = NetworkGuard().install()
+
+import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.strategies import ModelParallelStrategy  # noqa: E402
+from torch.distributed.fsdp import fully_shard  # noqa: E402
+
+from lamin_lightning import Checkpoint  # noqa: E402
+from lamin_lightning.testing import TinyData, TinyModel  # noqa: E402
+
+
+class ShardedModel(TinyModel):
+    "TinyModel with its layer sharded across the data-parallel ranks."
+
+    def configure_model(self) -> None:
+        fully_shard(self.layer, mesh=self.device_mesh["data_parallel"])
+
+
+class RefuseFrom(pl.Callback):
+    "From training epoch `epoch` on, every `Artifact.save` raises (a fault injected)."
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            import lamindb as ln
+
+            def refuse(*args, **kwargs):
+                raise OSError("the store refuses writes (a fault injected)")
+            ln.Artifact.save = refuse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dirpath")
+    parser.add_argument("--ckpt-path")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--files-only", action="store_true", help="save_distributed_checkpoint=False: one file")
+    parser.add_argument("--refuse-from-epoch", type=int)
+    parser.add_argument("--save-best", action="store_true", help="keep best.ckpt, a link to the best folder")
+    parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
+    args = parser.parse_args()
+    accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
+    if args.strategy == "model_parallel":
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
+                                         save_distributed_checkpoint=not args.files_only)
+    else:
+        import torch
+        from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+
+        accelerator, devices, model = "cuda", min(2, torch.cuda.device_count()), TinyModel(hidden=8)
+        strategy = FSDPStrategy(state_dict_type="sharded") if args.strategy == "fsdp" else DeepSpeedStrategy(stage=2)
+    callback = Checkpoint(dirpath=args.dirpath, monitor="val_loss", save_top_k=2, save_last=True,
+                          save_best=args.save_best or None)
+    trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, max_epochs=args.epochs,
+                         limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback] + ([] if args.refuse_from_epoch is None else [RefuseFrom(args.refuse_from_epoch)]))
+    trainer.fit(model, TinyData(hidden=8), ckpt_path=args.ckpt_path)
+    if trainer.is_global_zero:
+        print(f"global_step={trainer.global_step} best={callback.best_model_path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
+    if guard.attempts:
+        sys.exit(f"network calls attempted: {guard.attempts}")
