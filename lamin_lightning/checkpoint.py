@@ -28,10 +28,11 @@ from typing_extensions import override
 from .checkpoint_io import LaminCheckpointIO, resolve_references_on_load
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
-from .fit import _AtSave, _FitSetup, _FitState, end_entry, entry_point, start_run
+from .fit import _AtSave, _FitState, end_entry, entry_point, start_run
 from .journal import STAGING, Entry
 from .observers import ArtifactObserver, log
 from .publisher import Publisher, StoreError, redact
+from .resume import _Preemption
 from .store import Store, quiet_lamindb, storage_root
 from .writes import is_remote, prune_local_home
 
@@ -45,7 +46,7 @@ def _nothing_ran(fit: _FitState) -> bool:
         publisher.journal is None and fit.run is not None and not fit.run.input_artifacts.exists()
 
 
-class _FitEnd(_FitSetup):
+class _FitEnd(_Preemption):
     "The end of a fit: the events of its persisted entries, then everything published and its run ended."
 
     def _published(self, entry: Entry, artifact: ln.Artifact | None) -> None:

@@ -250,6 +250,7 @@ class LaminCheckpointIO(CheckpointIO):
         self.wrapped = wrapped
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
+        self.after_save: Callable[[str], None] | None = None  # told of each file written (the trainer's own saves too)
         self.copies = ServerCopies()  # the server's copies of remote files: settled before a file is written again
         self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
         self.writes = AsyncWrites(wrapped, self.copies.settle, self.aliases) if isinstance(wrapped, AsyncCheckpointIO) \
@@ -272,6 +273,8 @@ class LaminCheckpointIO(CheckpointIO):
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
         self.writes.write(checkpoint, path, storage_options)
+        if self.after_save is not None:
+            self.after_save(str(path))
 
     @override
     def load_checkpoint(self, path: str | Path, map_location: Any | None = None,

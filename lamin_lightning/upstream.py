@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
            'mark_lightning_type', 'write_transaction', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path']
+           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lamindb as ln
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from typing_extensions import override
 
 # %% ../nbs/03_upstream.ipynb #78833e1c
 def register_managed(path: Path, **options: Any) -> ln.Artifact:
@@ -134,3 +137,15 @@ def wrap_cli_ckpt_path(wrap: Callable[[Callable[[Any], None]], Callable[[Any], N
 
 MODEL_CHECKPOINT_HOOKS = ("_save_checkpoint", "_save_last_checkpoint", "_remove_checkpoint", "_should_remove_checkpoint")
 MODEL_CHECKPOINT_STATE = ("_fs", "_last_checkpoint_saved", "_link_checkpoint")  # read by the publishing base
+
+# %% ../nbs/03_upstream.ipynb #c26a0002
+class LastCheckpoints(ModelCheckpoint):
+    "A `ModelCheckpoint` whose candidates for `ckpt_path=\"last\"` come from `last_checkpoints`."
+
+    @override
+    def _find_last_checkpoints(self, trainer: "pl.Trainer") -> set[str]:
+        return self.last_checkpoints(trainer, super()._find_last_checkpoints(trainer))
+
+    def last_checkpoints(self, trainer: "pl.Trainer", found: set[str]) -> set[str]:
+        "The candidates for `ckpt_path=\"last\"`; `found`: the last checkpoints Lightning found in the folder."
+        return found

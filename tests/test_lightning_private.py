@@ -85,3 +85,30 @@ def test_model_checkpoint_state_we_read_exists(tmp_path) -> None:
     assert all(hasattr(callback, name) for name in MODEL_CHECKPOINT_STATE)
     assert callback._last_checkpoint_saved == "" and callable(ModelCheckpoint._link_checkpoint)
     assert hasattr(callback._fs, "copy")
+
+
+def test_ckpt_path_last_asks_find_last_checkpoints_before_setup(tmp_path) -> None:
+    "`upstream.LastCheckpoints` overrides `_find_last_checkpoints`, which `ckpt_path='last'` asks before any setup."
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    from lamin_lightning.upstream import LastCheckpoints
+
+    assert "_find_last_checkpoints" in vars(ModelCheckpoint)
+    assert "callback._find_last_checkpoints(self.trainer)" in inspect.getsource(_CheckpointConnector._parse_ckpt_path)
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    elsewhere.write_bytes(b"x")
+    asked = []
+
+    class Asked(LastCheckpoints):
+        def last_checkpoints(self, trainer, found):
+            asked.append(trainer)
+            return found | {str(elsewhere)}
+
+    trainer = Trainer(callbacks=[Asked(dirpath=tmp_path / "ckpts")], logger=False)
+    from lightning.pytorch.trainer.states import TrainerFn
+    trainer.state.fn = TrainerFn.FITTING
+    path = trainer._checkpoint_connector._parse_ckpt_path(TrainerFn.FITTING, "last", model_provided=True,
+                                                          model_connected=True)
+    assert path == str(elsewhere) and len(asked) == 1

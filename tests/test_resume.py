@@ -1,0 +1,155 @@
+"""Resume anywhere: a SLURM job preempted (a real SIGUSR1 to a real training process, then SIGKILL as the scheduler
+sends it), its scratch disk wiped, the same command run again: it resumes at the step of the newest checkpoint LaminDB
+holds. SLURM is simulated by its environment variables and a stand-in `scontrol` on PATH (`test_slurm.py` runs the
+real one)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+
+# The user's command: the same on every attempt. It logs the step it started at, and the step of each batch.
+TRAIN = '''
+import sys, time
+from pathlib import Path
+from lamin_lightning.testing import NetworkGuard
+NetworkGuard().install()
+import lightning.pytorch as pl
+from lamin_lightning import Checkpoint
+from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+use_test_instance()
+scratch, log = Path(sys.argv[1]), Path(sys.argv[2])
+
+class Progress(pl.Callback):
+    def on_train_start(self, trainer, pl_module):
+        with log.open("a") as f:
+            f.write(f"start {trainer.global_step}\\n")
+    def on_train_batch_end(self, trainer, *args):
+        with log.open("a") as f:
+            f.write(f"step {trainer.global_step}\\n")
+        time.sleep(0.05)
+
+trainer = tiny_trainer(scratch, [Checkpoint(dirpath=scratch / "ckpts", every_n_train_steps=5, save_last=True),
+                                 Progress()], max_steps=int(sys.argv[3]), max_epochs=-1, logger=False)
+trainer.fit(TinyModel(), datamodule=TinyData(), ckpt_path="last")
+with log.open("a") as f:
+    f.write("done\\n")
+'''
+
+
+def slurm_env(tmp: Path, job: str) -> dict[str, str]:
+    """What SLURM sets for a one-task batch job, and a stand-in `scontrol` first on PATH that records its arguments
+    and, as `scontrol requeue` does, ends the job: SIGTERM to it (the test sends the SIGKILL that follows)."""
+    bin_ = tmp / "bin"
+    bin_.mkdir(exist_ok=True)
+    scontrol = bin_ / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp / "scontrol.txt"}\nkill -TERM $PPID\n')
+    scontrol.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore", "SLURM_JOB_ID": job,
+            "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
+            "SLURM_LOCALID": "0", "SLURM_NNODES": "1"}
+
+
+def steps(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def attempt(tmp: Path, scratch: Path, log: Path, job: str, max_steps: int) -> subprocess.Popen:
+    script = tmp / "train.py"
+    script.write_text(TRAIN)
+    return subprocess.Popen([sys.executable, str(script), str(scratch), str(log), str(max_steps)], cwd=tmp,
+                            env=slurm_env(tmp, job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_preempted_job_resumes_on_a_new_node_at_the_newest_checkpoint(tmp_path: Path) -> None:
+    use_test_instance()
+    import lamindb as ln
+
+    scratch, log = tmp_path / "scratch", tmp_path / "attempt1.log"
+    prefix = f"{scratch / 'ckpts'}/checkpoints"
+    first = attempt(tmp_path, scratch, log, "777", 400)
+    wait_for(lambda: "step 12" in steps(log), 120, "step 12 of the first attempt")
+    first.send_signal(signal.SIGUSR1)  # SLURM's --signal=USR1@N
+    signalled = time.monotonic()
+    wait_for(lambda: (tmp_path / "scontrol.txt").exists(), 30, "`scontrol requeue`")
+    requeued = time.monotonic()
+    hpc_key = f"{prefix}/hpc_ckpt_1.ckpt"
+    wait_for(lambda: ln.Artifact.filter(key=hpc_key).exists(), 3, "the hpc checkpoint in LaminDB")
+    published = time.monotonic()
+    time.sleep(max(0.0, 3 - (published - requeued)))
+    first.kill()  # the scheduler's SIGKILL, 3 s after the requeue
+    output = first.communicate(timeout=30)[0]
+    print(f"signal -> scontrol {requeued - signalled:.3f} s, signal -> published {published - signalled:.3f} s")
+    assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "777"], output[-3000:]
+    hpc = ln.Artifact.get(key=hpc_key)
+    hpc_step = hpc.features.get_values()["step"]
+    newest = max(int(line.split()[1]) for line in steps(log) if line.startswith("step"))
+    assert 12 <= hpc_step <= newest and hpc.description == "preemption checkpoint"
+    assert not {"is_best_model", "is_last_model", "model_rank", "score"} & set(hpc.features.get_values())
+    assert hpc.run.reference == "777" and hpc.run.reference_type == "slurm_job"
+    last = ln.Artifact.filter(key=f"{prefix}/last.ckpt", run=hpc.run).order_by("-created_at").first()
+    assert last.features.get_values()["step"] < hpc_step  # the hpc checkpoint is the newest: saved at the signal
+
+    # another job with the same command and folder never resumes from job 777's checkpoints
+    import shutil
+    shutil.rmtree(scratch)
+    other_log = tmp_path / "other.log"
+    other = attempt(tmp_path, scratch, other_log, "778", 2)
+    assert other.wait(180) == 0, other.communicate()[0][-3000:]
+    assert steps(other_log)[0] == "start 0"
+
+    # the requeued attempt on a new node: empty scratch, the same command
+    shutil.rmtree(scratch)
+    log2 = tmp_path / "attempt2.log"
+    second = attempt(tmp_path, scratch, log2, "777", hpc_step + 3)
+    output = second.communicate(timeout=180)[0]
+    assert second.returncode == 0, output[-3000:]
+    assert steps(log2)[0] == f"start {hpc_step}", (steps(log2)[:3], output[-3000:])
+    assert steps(log2)[-1] == "done"
+    resumed = ln.Artifact.filter(key=f"{prefix}/last.ckpt").order_by("-created_at").first()
+    assert resumed.features.get_values()["step"] == hpc_step + 3
+    assert resumed.run != hpc.run and resumed.run.reference == "777"
+    assert list(resumed.run.input_artifacts.values_list("uid", flat=True)) == [hpc.uid]  # the chain of attempts
+
+
+def test_unreachable_database_resumes_as_plain_lightning_with_one_warning(tmp_path: Path, monkeypatch) -> None:
+    "A node that cannot reach the database: `ckpt_path='last'` looks only at the folder, and says so once."
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+    import lamin_lightning.resume as resume
+
+    def fit(max_steps: int) -> None:
+        trainer = tiny_trainer(tmp_path, [ll.Checkpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_last=True)],
+                               max_steps=max_steps, max_epochs=-1, logger=False)
+        trainer.fit(TinyModel(), TinyData(), ckpt_path="last")
+
+    fit(4)
+    assert ln.Artifact.filter(key=f"{tmp_path}/c/checkpoints/last.ckpt").exists()
+    (tmp_path / "c" / "last.ckpt").unlink()  # the disk has no last checkpoint; LaminDB has one
+    monkeypatch.setattr(resume, "database_reachable", lambda: False)  # the fault: the database cannot be reached
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = tiny_trainer(tmp_path, [ll.Checkpoint(dirpath=tmp_path / "c", every_n_train_steps=2)],
+                               max_steps=2, max_epochs=-1, logger=False)
+        trainer.fit(TinyModel(), TinyData(), ckpt_path="last")
+    messages = [str(w.message) for w in caught]
+    assert sum("LaminDB was not asked" in m for m in messages) == 1, messages
+    assert any("there is no last checkpoint available" in m for m in messages), messages  # plain Lightning's
+    assert trainer.ckpt_path is None  # started fresh from the folder's (empty) answer
