@@ -107,6 +107,7 @@ def test_folder_flags_ranks_and_run_match_lightning(sharded_fit) -> None:
     assert len(runs) == 1 and None not in runs  # one run: only rank 0 touched LaminDB
 
 
+@pytest.mark.slow
 def test_refused_then_synced_counts_what_lamindb_holds(tmp_path: Path) -> None:
     """The store refuses every write from the first epoch (a fault injected): every folder waits in the journal;
     `lamin-lightning sync` then publishes the kept ones, and prints as published exactly what LaminDB holds, the
@@ -131,6 +132,7 @@ def test_refused_then_synced_counts_what_lamindb_holds(tmp_path: Path) -> None:
         assert artifact.n_files == 4 and sorted(p.name for p in Path(artifact.path).iterdir()) == SHARDS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selector", ["@last", "uid"])
 def test_resume_by_reference_loads_the_folder_on_every_rank(sharded_fit, selector: str) -> None:
     """`fit(ckpt_path="lamin://…")` with the same strategy: rank 0 resolves the reference, both ranks load the same
