@@ -76,6 +76,7 @@ def attempt(tmp: Path, scratch: Path, log: Path, job: str, max_steps: int) -> su
                             env=slurm_env(tmp, job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_preempted_job_resumes_on_a_new_node_at_the_newest_checkpoint(tmp_path: Path) -> None:
     use_test_instance()
     import lamindb as ln
