@@ -224,6 +224,24 @@ class Recording:
         if self.worker is not None:
             self.worker.wake()
 
+    def record_now(self, entry: Entry) -> bool:
+        """Record a save no other entry refers to at once, ahead of entries still waiting for their files, and place
+        its bytes: called inside a signal handler, it is journaled before the scheduler requeues the job (publish it
+        with `flush`). `False`, with nothing done, while the interrupted thread holds the journal: `submit` it then."""
+        if not self._lock.acquire(blocking=False):  # waiting here would wait for the very thread it interrupted
+            return False
+        try:
+            entry = self.store.relative(entry)
+            if self.journal is None:
+                self.journal = self._new_journal()
+            if self.journal is not None:
+                self.journal.add(entry)
+            self.pending.append(entry)
+        finally:
+            self._lock.release()
+        self.store.place(entry, self.deferred)
+        return True
+
     def _new_journal(self) -> Journal | None:
         """A new journal; `None` when the checkpoint folder has no room for it (a full disk): the entries are
         published from memory, as a plain `ModelCheckpoint` fit would go on until Lightning's own write fails."""

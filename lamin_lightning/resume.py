@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from .checkpoint_io import LaminCheckpointIO
 from .features import FEATURE_TYPE, database_reachable
 from .fit import _FitSetup, check_key_part
+from .journal import Entry
 from .publishing import logger_parts
 from .upstream import LastCheckpoints
 
@@ -114,7 +115,7 @@ PREEMPTION_DESCRIPTION = "preemption checkpoint"  # the description of hpc and o
 class _Preemption(_Resume):
     "The checkpoints the trainer saves itself (SLURM's requeue signal, `OnExceptionCheckpoint`), published."
 
-    _preempted: list[tuple[str, int, int]]  # (path, epoch, step) of each such file not yet published
+    _preempted: list[tuple[str, int, int, bool]]  # (path, epoch, step, journaled) of each such file not yet published
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -123,11 +124,24 @@ class _Preemption(_Resume):
         LaminCheckpointIO.install(trainer.strategy).after_save = partial(self._saved_by_trainer, trainer)
 
     def _saved_by_trainer(self, trainer: pl.Trainer, path: str) -> None:
-        "Note a preemption checkpoint; called inside Lightning's signal handler, so nothing more."
+        """Journal a preemption checkpoint at once: called inside Lightning's signal handler, before it runs `scontrol
+        requeue`, so nothing that touches LaminDB (the interrupted thread may be mid-transaction)."""
         exception_paths = {cb.ckpt_path for cb in getattr(trainer, "callbacks", [])
                            if isinstance(cb, OnExceptionCheckpoint)}
         if trainer.is_global_zero and (_PREEMPTION.fullmatch(os.path.basename(path)) or path in exception_paths):
-            self._preempted.append((path, trainer.current_epoch, trainer.global_step))
+            epoch, step = trainer.current_epoch, trainer.global_step
+            fit = self._fit
+            journaled = fit is not None and fit.publisher.record_now(self._preemption_entry(trainer, path, epoch, step))
+            self._preempted.append((path, epoch, step, journaled))
+
+    def _preemption_entry(self, trainer: pl.Trainer, path: str, epoch: int, step: int, stats: Any = None) -> Entry:
+        "The entry of a preemption checkpoint: its epoch and step, never a score, flag or rank."
+        fit = self._fit
+        assert fit is not None
+        key = self.resolve_artifact_key(trainer=trainer, filepath=path, kind="checkpoint")
+        values = fit.features.ids(fit.features.auto, dict(epoch=epoch, step=step))
+        return self._entry("save", "checkpoint", key, path, values=values, stats=stats,
+                           description=PREEMPTION_DESCRIPTION)
 
     def _publish_preempted(self, trainer: pl.Trainer) -> None:
         "Journal and publish the preemption checkpoints noted so far, with their epoch and step."
@@ -135,14 +149,14 @@ class _Preemption(_Resume):
         if fit is None:  # published by the next fit's hooks, or left on disk for `ckpt_path="last"`
             return
         taken, self._preempted = getattr(self, "_preempted", []), []
-        for path, epoch, step in taken:
+        for path, epoch, step, journaled in taken:
             while self._io is not None and (write := self._io.writes.pending(path)) is not None:
                 write.wait()
             stats, _ = self._io.writes.take_written(path) if self._io is not None else (None, None)
-            key = self.resolve_artifact_key(trainer=trainer, filepath=path, kind="checkpoint")
-            values = fit.features.ids(fit.features.auto, dict(epoch=epoch, step=step))
-            fit.publisher.submit(self._entry("save", "checkpoint", key, path, values=values, stats=stats,
-                                             description=PREEMPTION_DESCRIPTION))
+            if journaled:  # recorded in the signal handler: publish it now
+                fit.publisher.flush()
+            else:
+                fit.publisher.submit(self._preemption_entry(trainer, path, epoch, step, stats))
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

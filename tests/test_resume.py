@@ -46,11 +46,14 @@ with log.open("a") as f:
 
 def slurm_env(tmp: Path, job: str) -> dict[str, str]:
     """What SLURM sets for a one-task batch job, and a stand-in `scontrol` first on PATH that records its arguments
-    and, as `scontrol requeue` does, ends the job: SIGTERM to it (the test sends the SIGKILL that follows)."""
+    and the journals of the job's checkpoint folder, and, as `scontrol requeue` does, ends the job: SIGTERM to it (the
+    test sends the SIGKILL that follows)."""
     bin_ = tmp / "bin"
     bin_.mkdir(exist_ok=True)
     scontrol = bin_ / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp / "scontrol.txt"}\nkill -TERM $PPID\n')
+    journals = tmp / "scratch" / "ckpts" / ".lamin_lightning"  # what is journaled when the requeue is asked for
+    scontrol.write_text(f'#!/bin/sh\ncat {journals}/*.jsonl > {tmp / "journaled.txt"} 2>/dev/null\n'
+                        f'echo "$@" >> {tmp / "scontrol.txt"}\nkill -TERM $PPID\n')
     scontrol.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "PYTHONWARNINGS": "ignore", "SLURM_JOB_ID": job,
             "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
@@ -97,6 +100,7 @@ def test_preempted_job_resumes_on_a_new_node_at_the_newest_checkpoint(tmp_path: 
     output = first.communicate(timeout=30)[0]
     print(f"signal -> scontrol {requeued - signalled:.3f} s, signal -> published {published - signalled:.3f} s")
     assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "777"], output[-3000:]
+    assert "hpc_ckpt_1.ckpt" in (tmp_path / "journaled.txt").read_text()  # journaled before the requeue was asked for
     hpc = ln.Artifact.get(key=hpc_key)
     hpc_step = hpc.features.get_values()["step"]
     newest = max(int(line.split()[1]) for line in steps(log) if line.startswith("step"))
