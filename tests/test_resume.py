@@ -158,3 +158,53 @@ def test_unreachable_database_resumes_as_plain_lightning_with_one_warning(tmp_pa
     assert sum("LaminDB was not asked" in m for m in messages) == 1, messages
     assert any("there is no last checkpoint available" in m for m in messages), messages  # plain Lightning's
     assert trainer.ckpt_path is None  # started fresh from the folder's (empty) answer
+
+
+class FailsAt(TinyModel):
+    "Training raises at global step `step`, as a crash or an out-of-memory error would."
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.fail_at = step
+
+    def training_step(self, batch, batch_idx):
+        if self.trainer.global_step == self.fail_at:
+            raise RuntimeError("the node fails")
+        return super().training_step(batch, batch_idx)
+
+
+def test_on_exception_checkpoint_is_published_and_resumed_from(tmp_path: Path) -> None:
+    """`OnExceptionCheckpoint`'s file, written by the trainer when training raises, is a preemption checkpoint in
+    LaminDB; with the folder gone, `ckpt_path='last'` resumes from it, at its step. (Listed before our `Checkpoint`:
+    callbacks' `on_exception` run in order, and ours ends the fit's publishing.)"""
+    use_test_instance()
+    import lamindb as ln
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import OnExceptionCheckpoint
+
+    import lamin_lightning as ll
+
+    folder = tmp_path / "c"
+
+    def trainer(*callbacks, max_steps: int = 20):
+        return tiny_trainer(tmp_path, [*callbacks, ll.Checkpoint(dirpath=folder, every_n_train_steps=2, save_last=True)],
+                            max_steps=max_steps, max_epochs=-1, logger=False)
+
+    with pytest.raises(RuntimeError, match="the node fails"):
+        trainer(OnExceptionCheckpoint(folder)).fit(FailsAt(5), TinyData(), ckpt_path="last")
+    saved = ln.Artifact.get(key=f"{folder}/checkpoints/on_exception.ckpt")
+    assert saved.description == "preemption checkpoint" and saved.features.get_values()["step"] == 5
+    assert saved.path.read_bytes() == (folder / "on_exception.ckpt").read_bytes()
+    import shutil
+    shutil.rmtree(folder)  # a new node: the folder is gone, LaminDB has the checkpoints
+    class Start(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.step = trainer.global_step
+
+    start = Start()
+    resumed = trainer(start, max_steps=7)
+    resumed.fit(TinyModel(), TinyData(), ckpt_path="last")
+    assert resumed.ckpt_path is not None and not str(resumed.ckpt_path).startswith(str(folder))  # LaminDB's copy
+    assert start.step == 5 and resumed.global_step == 7  # at the on-exception checkpoint's step, not last.ckpt's 4
+    run = ln.Artifact.filter(key=f"{folder}/checkpoints/last.ckpt").order_by("-created_at").first().run
+    assert saved in run.input_artifacts.all()  # the lineage of the attempts
