@@ -51,12 +51,13 @@ def test_resaves_refused_then_synced_leave_one_current(tmp_path: Path, monkeypat
 
     failing = refuse_saves_when_on(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    dirpath = tmp_path / "ckpts"
-    callback = ll.Checkpoint(dirpath=dirpath if virtual else "ckpts", monitor="val_loss", save_top_k=1, save_last=True,
-                             enable_version_counter=False, key_is_virtual=virtual)
+    relative = f"ckpts-{tmp_path.name}"  # real keys are relative: unique in the instance the worker's tests share
+    dirpath = tmp_path / relative
+    callback = ll.Checkpoint(dirpath=dirpath if virtual else relative, monitor="val_loss", save_top_k=1,
+                             save_last=True, enable_version_counter=False, key_is_virtual=virtual)
     trainer = tiny_trainer(tmp_path, [callback, FailFrom(1, failing)], logger=False, max_epochs=4)
     trainer.fit(TinyModel(), TinyData())
-    key = f"{dirpath if virtual else 'ckpts'}/checkpoints/last.ckpt"
+    key = f"{dirpath if virtual else relative}/checkpoints/last.ckpt"
     assert ln.Artifact.filter(key=key).count() == 1, list(ln.Artifact.filter(key__endswith="last.ckpt"))  # epoch 0's, published before the store refused
     failing["on"] = False
     done = sync(dirpath)
