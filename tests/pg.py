@@ -14,10 +14,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from debian import apt_install
 
 ROLE = "lamin"
 DATABASE = "lamin"
@@ -41,27 +42,7 @@ def _find_bindir() -> Path | None:
 
 
 def _apt_install() -> None:
-    "Install Debian's `postgresql` package quietly; `PostgresUnavailable` if that fails."
-    if shutil.which("apt-get") is None:
-        raise PostgresUnavailable("PostgreSQL could not be installed: no apt-get on this machine")
-    if os.geteuid() != 0:
-        raise PostgresUnavailable("PostgreSQL could not be installed: apt-get needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "postgresql"]
-    deadline = time.monotonic() + INSTALL_TIMEOUT
-    error = ""
-    for command in (install, ["apt-get", "update", "-qq"], install):  # retry once with fresh package lists
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            raise PostgresUnavailable(f"PostgreSQL could not be installed: {' '.join(command)} timed out") from None
-        if done.returncode == 0 and command is install:
-            return
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            error = lines[-1] if lines else f"{' '.join(command)} exited with status {done.returncode}"
-    raise PostgresUnavailable(f"PostgreSQL could not be installed: {error}")
+    apt_install(["postgresql"], "PostgreSQL", PostgresUnavailable, INSTALL_TIMEOUT)
 
 
 def postgres_bindir(install: bool = True) -> Path:

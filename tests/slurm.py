@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian import apt_install
+
 INSTALL_TIMEOUT = 600
 KEY = Path("/etc/munge/munge.key")
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "sinfo")
@@ -35,25 +37,7 @@ def _missing() -> list[str]:
 
 
 def _apt_install() -> None:
-    if shutil.which("apt-get") is None:
-        raise SlurmUnavailable("SLURM could not be installed: no apt-get on this machine")
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("SLURM could not be installed: apt-get needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "slurm-wlm", "munge"]
-    error = ""
-    for command in (install, ["apt-get", "update", "-qq"], install):  # retry once with fresh package lists
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=INSTALL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(f"SLURM could not be installed: {' '.join(command)} timed out") from None
-        if done.returncode == 0 and command is install:
-            return
-        if done.returncode != 0:
-            lines = (done.stderr or done.stdout).strip().splitlines()
-            error = lines[-1] if lines else f"exit status {done.returncode}"
-    raise SlurmUnavailable(f"SLURM could not be installed: {error}")
+    apt_install(["slurm-wlm", "munge"], "SLURM", SlurmUnavailable, INSTALL_TIMEOUT)
 
 
 def _free_port() -> int:
