@@ -122,6 +122,11 @@ class _Preemption(_Resume):
         super().setup(trainer, pl_module, stage)
         self._preempted = []
         LaminCheckpointIO.install(trainer.strategy).after_save = partial(self._saved_by_trainer, trainer)
+        callbacks: list[pl.Callback] = getattr(trainer, "callbacks", [])
+        if any(isinstance(cb, OnExceptionCheckpoint) for cb in callbacks[callbacks.index(self) + 1:]):
+            rank_zero_warn("lamin_lightning: OnExceptionCheckpoint comes after Checkpoint in the trainer's callbacks, "
+                           "so its file will not be published (callbacks' on_exception hooks run in order, and "
+                           "Checkpoint's ends the fit's publishing). List OnExceptionCheckpoint before Checkpoint.")
 
     def _saved_by_trainer(self, trainer: pl.Trainer, path: str) -> None:
         """Journal a preemption checkpoint at once: called inside Lightning's signal handler, before it runs `scontrol

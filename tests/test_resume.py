@@ -184,18 +184,28 @@ def test_on_exception_checkpoint_is_published_and_resumed_from(tmp_path: Path) -
 
     import lamin_lightning as ll
 
+    import shutil
+
     folder = tmp_path / "c"
 
     def trainer(*callbacks, max_steps: int = 20):
         return tiny_trainer(tmp_path, [*callbacks, ll.Checkpoint(dirpath=folder, every_n_train_steps=2, save_last=True)],
                             max_steps=max_steps, max_epochs=-1, logger=False)
 
+    with warnings.catch_warnings(record=True) as caught:  # listed after ours: said before training starts
+        warnings.simplefilter("always")
+        tiny_trainer(tmp_path / "first", [OnExceptionCheckpoint(tmp_path / "first"), ll.Checkpoint(dirpath=tmp_path / "first")],
+                     max_steps=1, max_epochs=-1, logger=False).fit(TinyModel(), TinyData())  # in order: no warning
+        late = tiny_trainer(tmp_path / "late", [ll.Checkpoint(dirpath=tmp_path / "late"), OnExceptionCheckpoint(folder)],
+                            max_steps=1, max_epochs=-1, logger=False)
+        late.fit(TinyModel(), TinyData())
+    said = [str(w.message) for w in caught if "List OnExceptionCheckpoint before Checkpoint" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
     with pytest.raises(RuntimeError, match="the node fails"):
         trainer(OnExceptionCheckpoint(folder)).fit(FailsAt(5), TinyData(), ckpt_path="last")
     saved = ln.Artifact.get(key=f"{folder}/checkpoints/on_exception.ckpt")
     assert saved.description == "preemption checkpoint" and saved.features.get_values()["step"] == 5
     assert saved.path.read_bytes() == (folder / "on_exception.ckpt").read_bytes()
-    import shutil
     shutil.rmtree(folder)  # a new node: the folder is gone, LaminDB has the checkpoints
     class Start(pl.Callback):
         def on_train_start(self, trainer, pl_module):
