@@ -362,9 +362,19 @@ class _Hooks(_Lineage):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)  # may save a checkpoint (save_on_exception)
+        if self._io is not None and self._exception_checkpoints_follow(trainer):  # they save after this hook, and
+            self._io.before_teardown = partial(self._close_failed_fit, trainer)  # the strategy tears down after them
+        else:
+            self._close_failed_fit(trainer)
+
+    def _close_failed_fit(self, trainer: pl.Trainer) -> None:
+        "Publish what the failed fit saved, then end its run; never hide the exception that stopped training."
         try:
-            self._close_fit(failed=True)
-        except Exception as error:  # never hide the exception that stopped training
+            try:
+                self._publish_preempted(trainer)
+            finally:
+                self._close_fit(failed=True)
+        except Exception as error:  # logged: the exception that stopped training is the one raised
             log.error("lamin_lightning: %s", error)
 
     @override

@@ -251,6 +251,7 @@ class LaminCheckpointIO(CheckpointIO):
         self.loaded: Loaded | None = None
         self.before_remove: Callable[[str], None] | None = None  # keeps a file's bytes before it is deleted
         self.after_save: Callable[[str], None] | None = None  # told of each file written (the trainer's own saves too)
+        self.before_teardown: Callable[[], None] | None = None  # once, when the strategy tears down (after on_exception)
         self.copies = ServerCopies()  # the server's copies of remote files: settled before a file is written again
         self.aliases: dict[str, str] = {}  # {alias key: key} of callback states the asynchronous writes add
         self.writes = AsyncWrites(wrapped, self.copies.settle, self.aliases) if isinstance(wrapped, AsyncCheckpointIO) \
@@ -303,7 +304,12 @@ class LaminCheckpointIO(CheckpointIO):
 
     @override
     def teardown(self) -> None:
-        self.wrapped.teardown()
+        hook, self.before_teardown = self.before_teardown, None
+        try:
+            if hook is not None:
+                hook()
+        finally:
+            self.wrapped.teardown()
 
 # %% ../nbs/08_checkpoint_io.ipynb #6cb122c4
 FOLDER_STRATEGIES = "ModelParallelStrategy, FSDPStrategy(state_dict_type=\"sharded\") or DeepSpeedStrategy"

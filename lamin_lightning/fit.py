@@ -210,6 +210,7 @@ class _AtSave:
     step: int
     metrics: dict[str, Any]  # the logged metrics the entry reads (the monitored one for last.ckpt, the user's)
     trainer_values: dict[str, Any]  # the user's features that are trainer attributes
+    description: str = "model checkpoint"  # or "preemption checkpoint" (see 18_resume)
 
 # %% ../nbs/11_fit.ipynb #e1a2b310
 class _Scores(_Keys):
@@ -349,7 +350,7 @@ class _Entries(_Values):
             stats = None
         elif self._io is not None and is_remote(filepath):  # a remote file our IO did not write (best.ckpt, a user's IO)
             copy = str(local or fetch_copy(filepath))  # downloaded once
-        entry = self._entry("save", "checkpoint", key, filepath, copy=copy, id=entry_id, description="model checkpoint",
+        entry = self._entry("save", "checkpoint", key, filepath, copy=copy, id=entry_id, description=at.description,
                             values=values, replaces=replaces, siblings=siblings, stats=stats)
         fit.stored[entry.id] = entry.stored
         return entry

@@ -10,6 +10,7 @@ __all__ = ['REFERENCE_TYPE', 'PREEMPTION_DESCRIPTION', 'slurm_job', 'attempt_pre
 # %% ../nbs/18_resume.ipynb #r26b0004
 import os
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,14 @@ from lightning.pytorch.callbacks import OnExceptionCheckpoint
 
 from .checkpoint_io import LaminCheckpointIO
 from .features import FEATURE_TYPE, database_reachable
-from .fit import _FitSetup, check_key_part
+from .fit import _AtSave, _FitSetup, check_key_part
 from .journal import Entry
 from .publishing import logger_parts
 from .upstream import LastCheckpoints
 
 # %% ../nbs/18_resume.ipynb #r26b0008
 REFERENCE_TYPE = "slurm_job"  # the `reference_type` of a run whose `reference` is its SLURM job id
+PREEMPTION_DESCRIPTION = "preemption checkpoint"  # hpc, on-exception and save_on_exception checkpoints
 _LAST = re.compile(r"(?:[^/]+/)?checkpoints/(?:last(?:-v?\d+)?|hpc_ckpt_\d+|on_exception(?:-v?\d+)?)\.ckpt")
 _PREEMPTION = re.compile(r"hpc_ckpt_\d+\.ckpt")
 
@@ -54,13 +56,14 @@ def attempt_prefix(dirpath: str | Path | None, trainer: pl.Trainer) -> str:
 # %% ../nbs/18_resume.ipynb #r26b0012
 def newest_last(prefix: str, job: str | None = None) -> ln.Artifact | None:
     """The newest last or preemption checkpoint under the key `prefix` (made by runs of the SLURM `job`, if given),
-    by step, then by creation; `None` if there is none."""
+    by step, then by creation; `None` if there is none. A preemption checkpoint counts whatever its name (the one
+    `save_on_exception=True` writes is named like any other)."""
     under = f"{prefix}/" if prefix else ""
     found = ln.Artifact.filter(key__startswith=under, suffix=".ckpt", is_latest=True)
     if job is not None:
         found = found.filter(run__reference=job, run__reference_type=REFERENCE_TYPE)
-    rows = [(pk, made) for pk, key, made in found.values_list("id", "key", "created_at")
-            if _LAST.fullmatch(key[len(under):])]
+    rows = [(pk, made) for pk, key, made, said in found.values_list("id", "key", "created_at", "description")
+            if said == PREEMPTION_DESCRIPTION or _LAST.fullmatch(key[len(under):])]
     if not rows:
         return None
     steps = dict(ln.models.ArtifactJsonValue.objects.filter(
@@ -109,24 +112,33 @@ class _Resume(_FitSetup, LastCheckpoints):
             fit.run.input_artifacts.add(found)  # the previous attempt's checkpoint
 
 # %% ../nbs/18_resume.ipynb #r26b0022
-PREEMPTION_DESCRIPTION = "preemption checkpoint"  # the description of hpc and on-exception checkpoints
-
-
 class _Preemption(_Resume):
-    "The checkpoints the trainer saves itself (SLURM's requeue signal, `OnExceptionCheckpoint`), published."
+    """The checkpoints saved because training stopped (SLURM's requeue signal, `OnExceptionCheckpoint`,
+    `save_on_exception=True`), published as preemption checkpoints."""
 
     _preempted: list[tuple[str, int, int, bool]]  # (path, epoch, step, journaled) of each such file not yet published
+    _raised: bool = False  # within `on_exception`, before ModelCheckpoint's own save (`save_on_exception`)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._preempted = []
-        LaminCheckpointIO.install(trainer.strategy).after_save = partial(self._saved_by_trainer, trainer)
-        callbacks: list[pl.Callback] = getattr(trainer, "callbacks", [])
-        if any(isinstance(cb, OnExceptionCheckpoint) for cb in callbacks[callbacks.index(self) + 1:]):
-            rank_zero_warn("lamin_lightning: OnExceptionCheckpoint comes after Checkpoint in the trainer's callbacks, "
-                           "so its file will not be published (callbacks' on_exception hooks run in order, and "
-                           "Checkpoint's ends the fit's publishing). List OnExceptionCheckpoint before Checkpoint.")
+        io = LaminCheckpointIO.install(trainer.strategy)
+        io.after_save, io.before_teardown = partial(self._saved_by_trainer, trainer), None
+
+    def _exception_checkpoints_follow(self, trainer: pl.Trainer) -> bool:
+        "Whether an `OnExceptionCheckpoint` comes after this callback: it saves once this callback's `on_exception` returned."
+        callbacks: list[pl.Callback] = list(getattr(trainer, "callbacks", []))
+        later = callbacks[callbacks.index(self) + 1:] if self in callbacks else []
+        return any(isinstance(cb, OnExceptionCheckpoint) for cb in later)
+
+    @override
+    def _at_save(self, trainer: pl.Trainer, filepath: str) -> _AtSave:
+        at = super()._at_save(trainer, filepath)
+        if not self._raised:
+            return at
+        self._raised = False  # the save of `save_on_exception`; the last.ckpt after it stays a last checkpoint
+        return replace(at, description=PREEMPTION_DESCRIPTION)
 
     def _saved_by_trainer(self, trainer: pl.Trainer, path: str) -> None:
         """Journal a preemption checkpoint at once: called inside Lightning's signal handler, before it runs `scontrol
@@ -171,7 +183,11 @@ class _Preemption(_Resume):
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        super().on_exception(trainer, pl_module, exception)
+        self._raised = True
+        try:
+            super().on_exception(trainer, pl_module, exception)  # ModelCheckpoint saves here with save_on_exception
+        finally:
+            self._raised = False
         self._publish_preempted(trainer)
 
     @override

@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 
 from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
@@ -173,13 +174,20 @@ class FailsAt(TinyModel):
         return super().training_step(batch, batch_idx)
 
 
-def test_on_exception_checkpoint_is_published_and_resumed_from(tmp_path: Path) -> None:
+class Start(pl.Callback):
+    "The step a fit started at."
+
+    def on_train_start(self, trainer, pl_module):
+        self.step = trainer.global_step
+
+
+@pytest.mark.parametrize("order", ["before ours", "after ours"])
+def test_on_exception_checkpoint_is_published_and_resumed_from(tmp_path: Path, order: str) -> None:
     """`OnExceptionCheckpoint`'s file, written by the trainer when training raises, is a preemption checkpoint in
-    LaminDB; with the folder gone, `ckpt_path='last'` resumes from it, at its step. (Listed before our `Checkpoint`:
-    callbacks' `on_exception` run in order, and ours ends the fit's publishing.)"""
+    LaminDB, wherever it is listed (callbacks' `on_exception` run in order: listed after ours, its file is published
+    when the strategy tears down); with the folder gone, `ckpt_path='last'` resumes from it, at its step."""
     use_test_instance()
     import lamindb as ln
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import OnExceptionCheckpoint
 
     import lamin_lightning as ll
@@ -189,32 +197,55 @@ def test_on_exception_checkpoint_is_published_and_resumed_from(tmp_path: Path) -
     folder = tmp_path / "c"
 
     def trainer(*callbacks, max_steps: int = 20):
-        return tiny_trainer(tmp_path, [*callbacks, ll.Checkpoint(dirpath=folder, every_n_train_steps=2, save_last=True)],
-                            max_steps=max_steps, max_epochs=-1, logger=False)
+        ours = ll.Checkpoint(dirpath=folder, every_n_train_steps=2, save_last=True)
+        listed = [*callbacks, ours] if order == "before ours" else [ours, *callbacks]
+        return tiny_trainer(tmp_path, listed, max_steps=max_steps, max_epochs=-1, logger=False)
 
-    with warnings.catch_warnings(record=True) as caught:  # listed after ours: said before training starts
-        warnings.simplefilter("always")
-        tiny_trainer(tmp_path / "first", [OnExceptionCheckpoint(tmp_path / "first"), ll.Checkpoint(dirpath=tmp_path / "first")],
-                     max_steps=1, max_epochs=-1, logger=False).fit(TinyModel(), TinyData())  # in order: no warning
-        late = tiny_trainer(tmp_path / "late", [ll.Checkpoint(dirpath=tmp_path / "late"), OnExceptionCheckpoint(folder)],
-                            max_steps=1, max_epochs=-1, logger=False)
-        late.fit(TinyModel(), TinyData())
-    said = [str(w.message) for w in caught if "List OnExceptionCheckpoint before Checkpoint" in str(w.message)]
-    assert len(said) == 1, [str(w.message) for w in caught]
     with pytest.raises(RuntimeError, match="the node fails"):
         trainer(OnExceptionCheckpoint(folder)).fit(FailsAt(5), TinyData(), ckpt_path="last")
     saved = ln.Artifact.get(key=f"{folder}/checkpoints/on_exception.ckpt")
     assert saved.description == "preemption checkpoint" and saved.features.get_values()["step"] == 5
     assert saved.path.read_bytes() == (folder / "on_exception.ckpt").read_bytes()
+    assert saved.run.status == "errored"  # published before the failed run ended
     shutil.rmtree(folder)  # a new node: the folder is gone, LaminDB has the checkpoints
-    class Start(pl.Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.step = trainer.global_step
-
     start = Start()
     resumed = trainer(start, max_steps=7)
     resumed.fit(TinyModel(), TinyData(), ckpt_path="last")
     assert resumed.ckpt_path is not None and not str(resumed.ckpt_path).startswith(str(folder))  # LaminDB's copy
     assert start.step == 5 and resumed.global_step == 7  # at the on-exception checkpoint's step, not last.ckpt's 4
     run = ln.Artifact.filter(key=f"{folder}/checkpoints/last.ckpt").order_by("-created_at").first().run
+    assert saved in run.input_artifacts.all()  # the lineage of the attempts
+
+
+def test_save_on_exception_checkpoint_is_a_preemption_checkpoint_and_resumed_from(tmp_path: Path) -> None:
+    """The checkpoint `save_on_exception=True` writes when training raises is named like any other; it is published
+    as a preemption checkpoint, outside top-k, and `ckpt_path='last'` on a new node resumes from it, although no
+    last.ckpt was ever saved."""
+    use_test_instance()
+    import lamindb as ln
+
+    import lamin_lightning as ll
+
+    import shutil
+
+    folder = tmp_path / "c"
+
+    def trainer(*callbacks, max_steps: int = 20):
+        return tiny_trainer(tmp_path, [*callbacks, ll.Checkpoint(dirpath=folder, every_n_train_steps=2, save_top_k=-1,
+                                                                  save_on_exception=True)],
+                            max_steps=max_steps, max_epochs=-1, logger=False)
+
+    with pytest.raises(RuntimeError, match="the node fails"):
+        trainer().fit(FailsAt(5), TinyData())
+    saved = ln.Artifact.filter(key__startswith=f"{folder}/checkpoints/", description="preemption checkpoint").one()
+    assert saved.key.endswith("step=5.ckpt") and saved.features.get_values()["step"] == 5
+    assert saved.path.read_bytes() == (folder / Path(saved.key).name).read_bytes()
+    kept = ln.Artifact.filter(key__startswith=f"{folder}/checkpoints/", description="model checkpoint", is_latest=True)
+    assert sorted(a.features.get_values()["step"] for a in kept) == [2, 4]  # the regular saves stay as they were
+    shutil.rmtree(folder)  # a new node
+    start = Start()
+    resumed = trainer(start, max_steps=7)
+    resumed.fit(TinyModel(), TinyData(), ckpt_path="last")
+    assert start.step == 5 and resumed.global_step == 7  # the exception's checkpoint, not the step-4 one
+    run = ln.Artifact.filter(key__startswith=f"{folder}/checkpoints/").order_by("-created_at").first().run
     assert saved in run.input_artifacts.all()  # the lineage of the attempts
