@@ -37,8 +37,9 @@ class Progress(pl.Callback):
             f.write(f"step {trainer.global_step}\\n")
         time.sleep(0.05)
 
-trainer = tiny_trainer(scratch, [Checkpoint(dirpath=scratch / "ckpts", every_n_train_steps=5, save_last=True),
-                                 Progress()], max_steps=int(sys.argv[3]), max_epochs=-1, logger=False)
+on_exception = sys.argv[4:] == ["save_on_exception"]  # off SLURM: a SIGTERM raises, and the callback saves
+trainer = tiny_trainer(scratch, [Checkpoint(dirpath=scratch / "ckpts", every_n_train_steps=5, save_last=True,
+                                            save_on_exception=on_exception), Progress()], max_steps=int(sys.argv[3]), max_epochs=-1, logger=False)
 trainer.fit(TinyModel(), datamodule=TinyData(), ckpt_path="last")
 with log.open("a") as f:
     f.write("done\\n")
@@ -73,11 +74,13 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
-def attempt(tmp: Path, scratch: Path, log: Path, job: str, max_steps: int) -> subprocess.Popen:
+def attempt(tmp: Path, scratch: Path, log: Path, job: str | None, max_steps: int, *args: str) -> subprocess.Popen:
+    "The user's command, on SLURM as `job`, or off SLURM (`None`)."
     script = tmp / "train.py"
     script.write_text(TRAIN)
-    return subprocess.Popen([sys.executable, str(script), str(scratch), str(log), str(max_steps)], cwd=tmp,
-                            env=slurm_env(tmp, job), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = slurm_env(tmp, job) if job is not None else {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, str(script), str(scratch), str(log), str(max_steps), *args], cwd=tmp,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
@@ -131,6 +134,40 @@ def test_preempted_job_resumes_on_a_new_node_at_the_newest_checkpoint(tmp_path: 
     assert resumed.features.get_values()["step"] == hpc_step + 3
     assert resumed.run != hpc.run and resumed.run.reference == "777"
     assert list(resumed.run.input_artifacts.values_list("uid", flat=True)) == [hpc.uid]  # the chain of attempts
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoint_is_published_and_a_new_node_resumes_from_it(tmp_path: Path) -> None:
+    """Off SLURM, a real SIGTERM to a real training process makes Lightning raise; `save_on_exception=True` saves a
+    checkpoint, published as a preemption checkpoint before the process exits; the same command on a new node (the
+    scratch wiped) resumes at its step."""
+    use_test_instance()
+    import lamindb as ln
+
+    import shutil
+
+    scratch, log = tmp_path / "scratch", tmp_path / "attempt1.log"
+    prefix = f"{scratch / 'ckpts'}/checkpoints/"
+    first = attempt(tmp_path, scratch, log, None, 400, "save_on_exception")
+    wait_for(lambda: "step 12" in steps(log), 120, "step 12 of the first attempt")
+    first.send_signal(signal.SIGTERM)
+    output = first.communicate(timeout=60)[0]
+    assert "SIGTERMException" in output and "done" not in steps(log), output[-3000:]  # a SystemExit: training stopped
+    saved = ln.Artifact.filter(key__startswith=prefix, description="preemption checkpoint").one()
+    step = saved.features.get_values()["step"]
+    newest = max(int(line.split()[1]) for line in steps(log) if line.startswith("step"))
+    assert 12 <= step <= newest and step % 5 != 0  # saved at the signal, not one of the every-5-steps saves
+    assert saved.run.status == "errored"
+    shutil.rmtree(scratch)
+    log2 = tmp_path / "attempt2.log"
+    second = attempt(tmp_path, scratch, log2, None, step + 3)
+    output = second.communicate(timeout=180)[0]
+    assert second.returncode == 0, output[-3000:]
+    assert steps(log2)[0] == f"start {step}", (steps(log2)[:3], output[-3000:])
+    resumed = ln.Artifact.filter(key=f"{prefix}last.ckpt").order_by("-created_at").first()
+    assert resumed.features.get_values()["step"] == step + 3
+    (came_from,) = resumed.run.input_artifacts.all()  # the exception's checkpoint, or the last.ckpt saved beside it
+    assert came_from.run == saved.run and came_from.features.get_values()["step"] == step
 
 
 def test_unreachable_database_resumes_as_plain_lightning_with_one_warning(tmp_path: Path, monkeypatch) -> None:
