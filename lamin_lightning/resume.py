@@ -187,8 +187,7 @@ class _Preemption(_Resume):
         try:
             super().on_exception(trainer, pl_module, exception)  # ModelCheckpoint saves here with save_on_exception
         finally:
-            self._raised = False
-        self._publish_preempted(trainer)
+            self._raised = False  # the files are published by `_Hooks.on_exception`, now or at the strategy's teardown
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
