@@ -63,11 +63,20 @@ def fit(variant: str, mb: int, saves: int) -> None:
             seconds: list = []
 
             def _save_checkpoint(self, trainer, filepath):
+                if profiler is not None and trainer.is_global_zero and self.seconds:  # the first save starts the fit
+                    profiler.enable()
                 started = time.perf_counter()
                 super()._save_checkpoint(trainer, filepath)
                 self.seconds.append(time.perf_counter() - started)
+                if profiler is not None:
+                    profiler.disable()
         return Timed
 
+    profiler = None
+    if os.environ.get("BENCH_PROFILE") and os.environ.get("LOCAL_RANK", "0") == "0":
+        import cProfile
+
+        profiler = cProfile.Profile()
     dirpath = Path(os.environ["BENCH_DIR"]) / "ckpts"
     options = dict(dirpath=dirpath, monitor="loss", mode="min", save_top_k=2, every_n_train_steps=1)
     callback = timed(ModelCheckpoint)(**options) if variant == "plain" else \
@@ -77,6 +86,10 @@ def fit(variant: str, mb: int, saves: int) -> None:
                          max_steps=saves, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=True, callbacks=[callback])
     trainer.fit(Big(), data)
+    if profiler is not None:
+        import pstats
+
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
     if trainer.is_global_zero:
         print(RESULT + json.dumps({"seconds": callback.seconds}), flush=True)
 
@@ -92,6 +105,8 @@ def run(variant: str, mb: int, saves: int) -> list[float]:
                                 env=env, capture_output=True, text=True, cwd=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("BENCH_PROFILE"):  # rank 0's profile of its saves after the first, for each variant
+        Path(f"{os.environ['BENCH_PROFILE']}-{variant}-{mb}.txt").write_text(result.stderr)
     line = next((l for l in result.stdout.splitlines() if l.startswith(RESULT)), None)
     if result.returncode != 0 or line is None:
         sys.exit(f"{variant} failed:\n{result.stderr[-3000:]}")
@@ -102,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--saves", type=int, default=6)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS)
     parser.add_argument("--fit", choices=VARIANTS)
     args = parser.parse_args()
     if args.fit:
@@ -114,9 +130,9 @@ def main() -> None:
     print(f"{'shard MB':>8}  {'variant':<11} {'median s':>9} {'× plain':>8}")
     try:
         for mb in args.mb:
-            medians = {v: statistics.median(run(v, mb, args.saves)) for v in VARIANTS}
+            medians = {v: statistics.median(run(v, mb, args.saves)) for v in args.variants}
             for variant, median in medians.items():
-                print(f"{mb:>8}  {variant:<11} {median:>9.3f} {median / medians['plain']:>8.2f}", flush=True)
+                print(f"{mb:>8}  {variant:<11} {median:>9.3f} {median / medians.get('plain', float('nan')):>8.2f}", flush=True)
     finally:
         shutil.rmtree(settings, ignore_errors=True)
 

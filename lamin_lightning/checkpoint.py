@@ -34,7 +34,7 @@ from .observers import ArtifactObserver, log
 from .publisher import Publisher, StoreError, redact
 from .resume import _Preemption
 from .store import Store, quiet_lamindb, storage_root
-from .writes import is_remote, prune_local_home
+from .writes import hash_folder_on_ranks, is_remote, prune_local_home, unlink_linked
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b316
 def _nothing_ran(fit: _FitState) -> bool:
@@ -158,6 +158,17 @@ def _guarded(work: Callable[[], ln.Artifact | None], filepath: Path | str, stric
     return run
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b311
+def _gathered(obj: Any) -> list[Any]:
+    "`obj` from every process, in rank order (`torch.distributed.all_gather_object`)."
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 class _Saving(_FitStart):
     "Saving: each checkpoint, `hparams.yaml` and `config.yaml` journaled, then published."
 
@@ -214,7 +225,19 @@ class _Saving(_FitStart):
         with publisher.yielding() if publisher is not None else nullcontext():
             if publisher is not None and self._io is not None and self._io.asynchronous and trainer.is_global_zero:
                 self._taken = (filepath, self._at_save(trainer, filepath))  # before the IO thread wakes up (see above)
+            if not is_remote(filepath) and os.path.isdir(filepath):  # a folder saved again (last.ckpt/): earlier saves'
+                unlink_linked(Path(filepath), trainer.global_rank, trainer.world_size)  # bytes stay as they were
             super()._save_checkpoint(trainer, filepath)
+
+    @override
+    def _after_save(self, trainer: pl.Trainer, filepath: str) -> None:
+        "Inline, each rank hashes the shards it wrote of a folder checkpoint; rank 0 keeps the folder's stats."
+        if self.async_publish or is_remote(filepath) or not os.path.isdir(filepath):
+            return  # in the background, the publisher hashes the folder once, off training
+        stats = hash_folder_on_ranks(Path(filepath), trainer.global_rank, trainer.world_size, _gathered)
+        if trainer.is_global_zero:
+            self._hashed[os.path.realpath(filepath)] = stats
+
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b312
 class _Removing(_Saving):
@@ -232,6 +255,7 @@ class _Removing(_Saving):
     def _retire(self, trainer: pl.Trainer, filepath: Path | str) -> ln.Artifact | None:
         key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
         fit = self._fit
+        self._hashed.pop(os.path.realpath(filepath), None)
         entry_id = fit.entries.pop(str(filepath), None) if fit is not None else None
         if fit is None or entry_id is None:
             self._notify_artifact_removed(trainer, kind="checkpoint", key=key, local_path=filepath, artifact=None)
@@ -480,6 +504,7 @@ class Checkpoint(_Hooks):
         self._scores = {}
         self._made_at = {}
         self._taken = None
+        self._hashed = {}
         self._restored = False
         self._io = None
 

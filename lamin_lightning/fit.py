@@ -309,6 +309,7 @@ class _Entries(_Values):
 
     key_is_virtual: bool
     _io: LaminCheckpointIO | None
+    _hashed: dict[str, dict[str, Any] | None]  # a folder checkpoint's real path -> its stats, hashed by the ranks
 
     def _entry(self, op: Literal["save", "remove"], kind: ArtifactKind, key: str, filepath: str,
                copy: str | None = None, **fields: Any) -> Entry:
@@ -345,6 +346,7 @@ class _Entries(_Values):
         # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         siblings = {} if filepath == self.best_link_path else fit.sibling_changes(entry_id, ranks, at.best_model_path)
         stats, local = self._io.writes.take_written(filepath) if self._io is not None else (None, None)  # taken in any case
+        stats = stats or self._hashed.get(os.path.realpath(filepath))  # a folder (best.ckpt: the best's), hashed at its save
         copy = None
         if written is not None:  # our IO's write: the publisher takes what it measured once the write is complete
             stats = None

@@ -29,7 +29,7 @@ from .journal import (STAGING, UNREADABLE, Contents, Entry, Journal, JournalRefu
 from .observers import log
 from .store import Store, check_owned, existing_ids, storage_root
 from .upstream import close_thread_connection, statements_wrapped
-from .writes import is_remote, local_home, prune_local_home
+from .writes import IncompleteFolder, is_remote, local_home, prune_local_home
 
 # %% ../nbs/10_publisher.ipynb #d5e9bb89
 class StoreError(RuntimeError):
@@ -71,10 +71,11 @@ class Failures:
             log.warning("lamin_lightning: LaminDB accepts writes again; %s", done)
             self.failing = None
 
-    def abandoned(self, entry: Entry, source: Path, journal: Path) -> None:
-        "`entry` cannot be published: say where it is kept."
-        log.error("lamin_lightning: %s cannot be published: its file %s is gone, and so is every copy that was kept. "
-                  "The journal %s keeps the entry; `lamin-lightning sync` lists it.", entry.key, source, journal)
+    def abandoned(self, entry: Entry, source: Path, journal: Path, why: str | None = None) -> None:
+        "`entry` cannot be published (`why`; by default, its bytes are gone): say where it is kept."
+        why = why or f"its file {source} is gone, and so is every copy that was kept"
+        log.error("lamin_lightning: %s cannot be published: %s. The journal %s keeps the entry; `lamin-lightning sync` "
+                  "lists it.", entry.key, why, journal)
 
     def left(self, pending: int, journal: Path, deferred: bool) -> None:
         "At the end of a fit: say where `pending` publications wait, and how to publish them."
@@ -279,7 +280,8 @@ class Completing(Recording):
         for entry in waiting:
             self.writes[entry.id].wait()  # its bytes were placed when the write completed
 
-    def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False, skipped: bool = False) -> None:
+    def _finish(self, entry: Entry, artifact: ln.Artifact | None, abandon: bool = False, skipped: bool = False,
+                why: str | None = None) -> None:
         with self._lock:
             self.pending.pop(0)
             if abandon:
@@ -292,7 +294,7 @@ class Completing(Recording):
                 self.skipped += skipped
                 self.published += entry.op == "save" and not skipped
         if abandon:
-            self.failures.abandoned(entry, self.store.source(entry), self._where(entry)[1] or self.home / STAGING)
+            self.failures.abandoned(entry, self.store.source(entry), self._where(entry)[1] or self.home / STAGING, why)
             return
         self.failures.published(entry, skipped)
         if self.on_done is not None:
@@ -323,10 +325,11 @@ class Draining(Completing):
                     continue
                 artifact = self.store.persist(entry)
             except Exception as error:
-                if entry.op == "save" and self.store.bytes_gone(entry):
+                if entry.op == "save" and (isinstance(error, IncompleteFolder) or self.store.bytes_gone(entry)):
                     superseded = entry.id in self.superseded or \
                         any(e.op == "remove" and e.replaces == entry.id for e in self.pending)
-                    self._finish(entry, None, abandon=not superseded, skipped=superseded)
+                    self._finish(entry, None, abandon=not superseded, skipped=superseded,
+                                 why=str(error) if isinstance(error, IncompleteFolder) else None)
                     continue
                 self.failures.failed(entry, error, *self._where(entry))
                 if self.strict:

@@ -284,10 +284,14 @@ class ArtifactPublishingModelCheckpoint(_PlainState):
     @override
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
+        self._after_save(trainer, filepath)
         if trainer.is_global_zero:
             self._save_hparams_once(trainer)
             self.save_checkpoint_artifact(trainer=trainer, filepath=filepath)
         self._link_best(trainer)
+
+    def _after_save(self, trainer: pl.Trainer, filepath: str) -> None:
+        "Called on every process once Lightning's (collective) save of `filepath` returned, before rank 0 publishes it."
 
     @override
     def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:

@@ -24,7 +24,8 @@ from .features import ValueWriter, coerce_value, features_by_name
 from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file, remove_bytes
 from .observers import log
 from .upstream import is_adding, new_artifact, set_run_status, write_transaction
-from .writes import ServerCopies, copy_in_cloud, copy_target
+from .writes import (IncompleteFolder, ServerCopies, copy_in_cloud, copy_target, folder_problem, hash_folder,
+                                    is_remote)
 
 # %% ../nbs/09_store.ipynb #d4e5f608
 def storage_root() -> Path | None:
@@ -357,7 +358,12 @@ class Store(EntryArtifacts):
         "The saved artifact and whether it is new (lamindb returns the latest version of a key if its bytes match)."
         run = self.lookups.run(entry.run, entry.transform)
         path, managed = self._registrable(entry)
-        artifact = new_artifact(path, managed=managed, stats=entry.stats, key=entry.key, description=entry.description,
+        stats = entry.stats
+        if not is_remote(str(path)) and os.path.isdir(path):  # a sharded checkpoint's folder: complete, hashed once
+            if (problem := folder_problem(Path(path), stats)) is not None:
+                raise IncompleteFolder(f"the checkpoint folder {self.source(entry)} {problem}; it is never published")
+            stats = stats or hash_folder(Path(path))
+        artifact = new_artifact(path, managed=managed, stats=stats, key=entry.key, description=entry.description,
                                 kind=_LAMINDB_KIND[entry.kind], skip_hash_lookup=True,  # stats: lamindb reads no byte
                                 run=False if entry.as_run_input or run is None else run)
         is_new = is_adding(artifact)

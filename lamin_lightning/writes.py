@@ -1,4 +1,4 @@
-"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local and remote files, hashed as they are written, and the server's copies.
+"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local and remote files, and sharded checkpoint folders, hashed as they are written, and the server's copies.
 
 Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
@@ -6,12 +6,15 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
 # %% auto #0
 __all__ = ['CHUNK', 'PART_SIZE', 'is_remote', 'local_home', 'remote_copy', 'prune_local_home', 'hash_bytes', 'save_hashed',
-           'save_copied', 'fetch_copy', 'save_written', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
+           'save_copied', 'fetch_copy', 'save_written', 'shard_rank', 'folder_files', 'hash_file_once', 'folder_stats',
+           'hash_folder', 'hash_folder_on_ranks', 'IncompleteFolder', 'folder_problem', 'unlink_linked', 's3_etags',
+           'copy_target', 'copy_in_cloud', 'ServerCopies']
 
 # %% ../nbs/06_writes.ipynb #w71e0004
 import hashlib
 import io
 import os
+import re
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path, PurePosixPath
@@ -22,7 +25,7 @@ import lamindb_setup as ln_setup
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
-from lamindb_setup.core.hashing import HASH_LENGTH, to_b64_str
+from lamindb_setup.core.hashing import HASH_LENGTH, hash_from_hashes_list, to_b64_str
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
@@ -141,6 +144,100 @@ def save_written(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path
         return save_hashed(io_, checkpoint, path, storage_options), None
     settle(str(path))
     return save_copied(io_, checkpoint, str(path), storage_options)
+
+# %% ../nbs/06_writes.ipynb #h45hf002
+_SHARD_RANK = re.compile(r"(?:^|/)__(\d+)_\d+\.distcp$|(?:^|/)zero_pp_rank_(\d+)_")  # torch DCP, DeepSpeed ZeRO
+
+
+def shard_rank(relative: str, world_size: int) -> int:
+    "The rank that writes the file `relative` of a sharded checkpoint folder: the rank in its shard name, else rank 0."
+    found = _SHARD_RANK.search(relative)
+    rank = int(found.group(1) or found.group(2)) if found else 0
+    return rank if rank < world_size else 0  # a stale shard of a larger world: rank 0 hashes it
+
+
+def folder_files(folder: Path) -> list[str]:
+    "The files of `folder` as lamindb's `hash_dir` finds them, relative to it, in POSIX form."
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def hash_file_once(path: Path, chunk: int = CHUNK, block: int = 8 * 2**20) -> dict[str, Any]:
+    "lamindb's `hash_file` of `path` (`{size, hash, hash_type}`), reading each byte at most once."
+    with open(path, "rb", buffering=0) as file:
+        size = os.fstat(file.fileno()).st_size
+        first, last = (hashlib.md5(), None) if size <= chunk else (hashlib.sha1(), hashlib.sha1())
+        buffer, at = bytearray(min(block, max(size, 1))), 0
+        while at < size:
+            if last is not None and chunk <= at < size - chunk:  # the middle of a large file: not read
+                at = file.seek(size - chunk)
+            with memoryview(buffer)[:file.readinto(buffer)] as view:
+                if not view:
+                    break
+                end = at + len(view)
+                if at < chunk:
+                    first.update(view[:chunk - at])
+                if last is not None and end > size - chunk:
+                    last.update(view[max(0, size - chunk - at):])
+                at = end
+    digest = first.digest() if last is None else hashlib.sha1(first.digest() + last.digest()).digest()
+    return {"size": size, "hash": to_b64_str(digest)[:HASH_LENGTH], "hash_type": "md5" if last is None else "sha1-fl"}
+
+
+def folder_stats(hashed: list[tuple[str, int, str]]) -> dict[str, Any]:
+    "lamindb's stats of a folder (`hash_dir`: `md5-d`) from `(relative path, size, hash)` of each of its files."
+    return {"size": sum(size for _, size, _ in hashed), "hash": hash_from_hashes_list([h for _, _, h in hashed]),
+            "hash_type": "md5-d", "n_files": len(hashed)}
+
+
+def hash_folder(folder: Path) -> dict[str, Any]:
+    "lamindb's stats of `folder`, as `hash_dir` gives them, each file read once."
+    return folder_stats([(name, (s := hash_file_once(folder / name))["size"], s["hash"]) for name in folder_files(folder)])
+
+
+# %% ../nbs/06_writes.ipynb #h45hf006
+def hash_folder_on_ranks(folder: Path, rank: int, world_size: int,
+                         gather: Callable[[Any], list[Any]]) -> dict[str, Any] | None:
+    """On every rank, once the collective save of `folder` returned: hash the files this rank wrote, and gather
+    (`gather(obj)`: one object from each rank, in rank order) the `(relative path, size, hash)` of every file on rank
+    0, which returns the folder's stats; `None` on the other ranks, and when rank 0 does not see the folder they wrote."""
+    names = folder_files(folder)
+    mine = [n for n in names if shard_rank(n, world_size) == rank]
+    hashed = [(n, (s := hash_file_once(folder / n))["size"], s["hash"]) for n in mine]
+    everyone = gather(hashed) if world_size > 1 else [hashed]
+    if rank != 0:
+        return None
+    files = {n: (n, size, digest) for part in everyone for n, size, digest in part}
+    if set(files) != set(names):  # not the folder every rank wrote (no shared filesystem): lamindb's view decides
+        return None
+    return folder_stats(list(files.values()))
+
+
+class IncompleteFolder(OSError):
+    "A checkpoint folder that is not complete (a rank died while saving it, or it changed since): never published."
+
+
+def folder_problem(folder: Path, stats: dict[str, Any] | None = None) -> str | None:
+    """Why `folder` is not a complete checkpoint folder, else `None`: torch's distributed checkpoint writes `.metadata`
+    once every rank's shards are written, and the files (count and bytes) must still be those its save hashed."""
+    names = folder_files(folder)
+    if any(n.endswith(".distcp") for n in names) and ".metadata" not in names:
+        return "holds shards but no .metadata: its save did not finish"
+    if stats is not None and stats.get("n_files") is not None:
+        size = sum((folder / n).stat().st_size for n in names)
+        if (len(names), size) != (stats["n_files"], stats["size"]):
+            return f"holds {len(names)} files of {size} bytes, not the {stats['n_files']} files of {stats['size']} " \
+                   "bytes it was saved with"
+    return None
+
+
+def unlink_linked(folder: Path, rank: int, world_size: int) -> None:
+    """Before a save into the existing `folder`: remove the files this rank writes that are hard-linked elsewhere (an
+    earlier save's bytes in the storage or next to the journal), so that the save writes new files, not those bytes."""
+    for name in folder_files(folder):
+        path = folder / name
+        if shard_rank(name, world_size) == rank and not path.is_symlink() and path.stat().st_nlink > 1:
+            path.unlink()
+
 
 # %% ../nbs/06_writes.ipynb #c0pyc10d
 PART_SIZE = 50 * 2**20  # s3fs's `pipe` uploads a file of two parts or more in parts of this size

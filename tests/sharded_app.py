@@ -2,9 +2,12 @@
 layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
 
 `python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
-[--strategy model_parallel|fsdp|deepspeed] [--save-best]`; refuses every non-loopback connection. `fsdp`
+[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--async-publish] [--die-at-save N --die-rank R] [--count-hashing FILE]`;
+refuses every non-loopback connection. `fsdp`
 (`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
-raises, as a store that refuses writes to the end of the fit."""
+raises, as a store that refuses writes to the end of the fit. `--die-at-save N --die-rank R` (a fault): rank R SIGKILLs
+itself right after writing its shard of the N-th save. `--count-hashing FILE` writes to FILE.RANK how many times lamindb's
+`hash_dir` ran on that rank, and which files our hashing read there (wrappers that count, then call the real ones)."""
 import argparse
 import sys
 
@@ -42,6 +45,49 @@ class RefuseFrom(pl.Callback):
             ln.Artifact.save = refuse
 
 
+def die_at_save(save: int, rank: int) -> None:
+    "Rank `rank` SIGKILLs itself right after writing its shard of the `save`-th distributed checkpoint (a fault)."
+    import os
+    import signal
+
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    write_data, calls = FileSystemWriter.write_data, [0]
+
+    def write_then_die(self, *args, **kwargs):
+        written = write_data(self, *args, **kwargs)  # this rank's shard is on disk
+        calls[0] += 1
+        if calls[0] == save and int(os.environ.get("LOCAL_RANK", "0")) == rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return written
+    FileSystemWriter.write_data = write_then_die
+
+
+def count_hashing(path: str) -> None:
+    """Count the calls of lamindb's folder hashing (`hash_dir`) in this process, and record each file our own hashing
+    read; written to `path` (JSON) at exit. Wrappers that count, then call the real function."""
+    import atexit
+    import json
+
+    import lamindb.models.artifact as artifact_module
+    import lamindb_setup.core.hashing as hashing
+
+    import lamin_lightning.writes as writes
+
+    hash_dir, hash_file_once, seen = hashing.hash_dir, writes.hash_file_once, {"hash_dir": 0, "read": []}
+
+    def counted(*args, **kwargs):
+        seen["hash_dir"] += 1
+        return hash_dir(*args, **kwargs)
+
+    def recorded(file, *args, **kwargs):
+        seen["read"].append(str(file))
+        return hash_file_once(file, *args, **kwargs)
+    hashing.hash_dir = artifact_module.hash_dir = counted
+    writes.hash_file_once = recorded
+    atexit.register(lambda: open(path, "w").write(json.dumps(seen)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dirpath")
@@ -50,8 +96,16 @@ def main() -> None:
     parser.add_argument("--files-only", action="store_true", help="save_distributed_checkpoint=False: one file")
     parser.add_argument("--refuse-from-epoch", type=int)
     parser.add_argument("--save-best", action="store_true", help="keep best.ckpt, a link to the best folder")
+    parser.add_argument("--async-publish", action="store_true")
+    parser.add_argument("--die-at-save", type=int)
+    parser.add_argument("--die-rank", type=int, default=1)
+    parser.add_argument("--count-hashing")
     parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
     args = parser.parse_args()
+    if args.die_at_save is not None:
+        die_at_save(args.die_at_save, args.die_rank)
+    if args.count_hashing is not None:  # one file per rank
+        count_hashing(f"{args.count_hashing}.{__import__('os').environ.get('LOCAL_RANK', '0')}")
     accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
     if args.strategy == "model_parallel":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,
@@ -63,7 +117,7 @@ def main() -> None:
         accelerator, devices, model = "cuda", min(2, torch.cuda.device_count()), TinyModel(hidden=8)
         strategy = FSDPStrategy(state_dict_type="sharded") if args.strategy == "fsdp" else DeepSpeedStrategy(stage=2)
     callback = Checkpoint(dirpath=args.dirpath, monitor="val_loss", save_top_k=2, save_last=True,
-                          save_best=args.save_best or None)
+                          save_best=args.save_best or None, async_publish=args.async_publish or None)
     trainer = pl.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, max_epochs=args.epochs,
                          limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback] + ([] if args.refuse_from_epoch is None else [RefuseFrom(args.refuse_from_epoch)]))

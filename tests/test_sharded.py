@@ -4,8 +4,10 @@ lamindb folder artifact under Lightning's file name, with the features, flags, r
 its files hard-linked into the storage; evicted folders leave nothing; the counts printed are what LaminDB holds."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -214,3 +216,86 @@ def test_a_users_io_that_writes_folders(tmp_path: Path) -> None:
                            plugins=[FolderIO()])
     resumed.fit(TinyModel(), TinyData(), ckpt_path=f"lamin://{dirpath}/checkpoints@last")
     assert (resumed.global_step, batches.ran) == (8, 2)  # step 6 restored from the folder: one epoch of 2 batches
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dying", "save"), [(1, 5), (0, 5), (1, 6)], ids=["rank1", "rank0", "rank1-resaving-last"])
+def test_rank_killed_mid_save_leaves_no_partial_folder(tmp_path: Path, dying: int, save: int) -> None:
+    """The store refuses every write (a fault injected), and rank `dying` SIGKILLs itself right after writing its shard
+    of the 5th save (`epoch=2-step=6.ckpt/`), or of the 6th (`last.ckpt/` saved again, over the folder whose earlier
+    save waits in the journal): the fit dies. Nothing is in LaminDB; `lamin-lightning sync` then publishes complete
+    folders only, and says so; the partial folder never becomes an artifact, even at a second sync."""
+    use_test_instance()
+    import hashlib
+
+    import lamindb as ln
+
+    dirpath = tmp_path / "ckpts"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(free_port())}
+    fit = subprocess.Popen([sys.executable, str(APP), str(dirpath), "--refuse-from-epoch", "0", "--die-at-save",
+                            str(save), "--die-rank", str(dying)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = fit.communicate(timeout=180)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a rank left in a collective goes with its group
+            os.killpg(fit.pid, signal.SIGKILL)
+    assert fit.returncode != 0, output[-3000:]
+    partial = dirpath / ("epoch=2-step=6.ckpt" if save == 5 else "last.ckpt")
+    if save == 5:  # a new folder: the dying rank's shard is there, `.metadata` is not
+        names = {p.name for p in partial.iterdir()}
+        assert f"__{dying}_0.distcp" in names and ".metadata" not in names, names
+    prefix = f"{dirpath}/checkpoints"
+    assert ln.Artifact.filter(key__startswith=f"{prefix}/").count() == 0
+    complete = {"epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"} if save == 5 else \
+        {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}  # epoch 0's evicted after the 5th save
+    for attempt in range(2):
+        synced = sync(dirpath)
+        held = {Path(a.key).name: a for a in ln.Artifact.filter(key__startswith=f"{prefix}/")}
+        assert set(held) == complete, (held, synced.stdout)
+        for artifact in held.values():
+            assert artifact.n_files == 4 and sorted(p.name for p in Path(artifact.path).iterdir()) == SHARDS
+        summary = synced.stdout.splitlines()[-1]
+        if attempt == 0:  # the count printed is what LaminDB holds; the first last.ckpt was re-saved before
+            assert synced.returncode == 0 and summary.startswith("published 3; 1 skipped"), synced.stdout + synced.stderr
+        else:  # nothing left to do: the partial folder is in no journal, and stays out of LaminDB
+            assert synced.returncode == 0 and summary.startswith("published 0"), synced.stdout + synced.stderr
+    if save == 5:
+        assert ln.Artifact.filter(key=f"{prefix}/epoch=2-step=6.ckpt").count() == 0
+    else:  # last.ckpt is epoch 1's save, whole: its shards are step 4's, none from the save that died
+        def md5s(folder: Path) -> dict[str, str]:
+            return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.name != ".metadata"}
+        assert md5s(Path(held["last.ckpt"].path)) == md5s(Path(held["epoch=1-step=4.ckpt"].path))
+        assert md5s(Path(held["last.ckpt"].path)) != md5s(Path(held["epoch=2-step=6.ckpt"].path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("publishing", ["inline", "background"])
+def test_folders_hashed_by_the_ranks_as_lamindb_hashes_them(tmp_path: Path, publishing: str) -> None:
+    """Each folder artifact has the hash lamindb's own folder hashing gives it (`md5-d`), yet lamindb's `hash_dir` ran
+    0 times on either rank. Inline, each rank read only the shards it wrote, each once per save, right after the
+    collective save; in the background (`async_publish`), rank 0's publisher read each published folder once."""
+    use_test_instance()
+    import json
+    from collections import Counter
+
+    import lamindb as ln
+    from lamindb_setup.core.hashing import hash_dir
+
+    dirpath, counts = tmp_path / "ckpts", tmp_path / "hashing"
+    run_app(tmp_path, str(dirpath), "--count-hashing", str(counts), *(["--async-publish"] if publishing == "background" else []))
+    seen = {rank: json.loads(Path(f"{counts}.{rank}").read_text()) for rank in (0, 1)}
+    assert [seen[rank]["hash_dir"] for rank in (0, 1)] == [0, 0]  # lamindb read no byte to hash a folder
+    artifacts = list(ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/"))
+    assert {Path(a.key).name for a in artifacts} == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    for artifact in artifacts:
+        size, digest, hash_type, n_files = hash_dir(Path(artifact.path))  # lamindb's own hashing, here in the test
+        assert (artifact.hash, artifact.size, artifact.n_files) == (digest, size, n_files) and n_files == 4, artifact
+    read = {rank: Counter(Path(p).name for p in seen[rank]["read"]) for rank in (0, 1)}
+    if publishing == "inline":  # 6 saves (3 epochs and 3 last.ckpt), each shard read by its writer only
+        assert read[1] == {"__1_0.distcp": 6}, read
+        assert read[0] == {"__0_0.distcp": 6, ".metadata": 6, "meta.pt": 6}, read
+    else:  # off training, on rank 0 only: each folder it published read once
+        assert read[1] == {} and read[0], read
+        assert max(Counter(seen[0]["read"]).values()) == 1, seen[0]["read"]
+        assert set(read[0]) == set(SHARDS)
