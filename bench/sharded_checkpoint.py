@@ -89,6 +89,7 @@ def fit(variant: str, mb: int, saves: int) -> None:
     if profiler is not None:
         import pstats
 
+        profiler.dump_stats(f"{os.environ['BENCH_PROFILE']}-{variant}-{mb}.prof")  # for `python -m pstats`
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(45)
     if trainer.is_global_zero:
         print(RESULT + json.dumps({"seconds": callback.seconds}), flush=True)
