@@ -54,6 +54,29 @@ def test_artifact_takes_precomputed_stats_without_reading_the_file(monkeypatch) 
     assert (artifact.size, artifact.hash, artifact._hash_type) == (stats["size"], stats["hash"], stats["hash_type"])
 
 
+def test_folder_artifact_takes_md5d_stats_without_reading_a_file(monkeypatch) -> None:
+    """A folder at lamindb's managed path with `_stats` (`n_files`, `md5-d`) from our hashing (`hash_folder`, built on
+    lamindb_setup's `hash_from_hashes_list`): lamindb reads no file, and its own `hash_dir` gives the same stats."""
+    root = use_test_instance()
+    import lamindb.models.artifact as artifact_module
+    from lamindb_setup.core.hashing import hash_dir
+
+    from lamin_lightning.journal import new_entry_id
+    from lamin_lightning.upstream import register_managed
+    from lamin_lightning.writes import hash_folder
+
+    folder = root / ".lamindb" / new_entry_id()
+    folder.mkdir()
+    for name, data in {"__0_0.distcp": b"shard 0", "__1_0.distcp": b"shard 1", ".metadata": b"m", "meta.pt": b"p"}.items():
+        (folder / name).write_bytes(data)
+    stats = hash_folder(folder)
+    size, digest, hash_type, n_files = hash_dir(folder)
+    assert stats == {"size": size, "hash": digest, "hash_type": hash_type, "n_files": n_files}
+    monkeypatch.setattr(artifact_module, "hash_dir", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    artifact = register_managed(folder, key="private/folder.ckpt", skip_hash_lookup=True, _stats=stats).save()
+    assert (artifact.size, artifact.hash, artifact._hash_type, artifact.n_files) == (size, digest, "md5-d", 4)
+
+
 def test_new_artifact_is_adding_and_stats() -> None:
     "`upstream.new_artifact` passes the stats; `is_adding` (Django's `_state.adding`) is true until the record is saved."
     root = use_test_instance()
