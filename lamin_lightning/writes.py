@@ -199,12 +199,17 @@ def hash_folder_on_ranks(folder: Path, rank: int, world_size: int,
                          gather: Callable[[Any], list[Any]]) -> dict[str, Any] | None:
     """On every rank, once the collective save of `folder` returned: hash the files this rank wrote, and gather
     (`gather(obj)`: one object from each rank, in rank order) the `(relative path, size, hash)` of every file on rank
-    0, which returns the folder's stats; `None` on the other ranks, and when rank 0 does not see the folder they wrote."""
-    names = folder_files(folder)
-    mine = [n for n in names if shard_rank(n, world_size) == rank]
-    hashed = [(n, (s := hash_file_once(folder / n))["size"], s["hash"]) for n in mine]
+    0, which returns the folder's stats; `None` on the other ranks, and when rank 0 does not see the folder they wrote
+    or a rank could not read its files (every rank still takes part in the exchange: none waits for another forever)."""
+    names: list[str] = []
+    try:
+        names = folder_files(folder)
+        hashed: list[tuple[str, int, str]] | None = [
+            (n, (s := hash_file_once(folder / n))["size"], s["hash"]) for n in names if shard_rank(n, world_size) == rank]
+    except OSError:  # a file gone or unreadable: the publisher hashes what it finds, or says why it cannot
+        hashed = None
     everyone = gather(hashed) if world_size > 1 else [hashed]
-    if rank != 0:
+    if rank != 0 or not names or any(part is None for part in everyone):
         return None
     files = {n: (n, size, digest) for part in everyone for n, size, digest in part}
     if set(files) != set(names):  # not the folder every rank wrote (no shared filesystem): lamindb's view decides
