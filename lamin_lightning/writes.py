@@ -211,7 +211,7 @@ def hash_folder_on_ranks(folder: Path, rank: int, world_size: int,
     everyone = gather(hashed) if world_size > 1 else [hashed]
     if rank != 0 or not names or any(part is None for part in everyone):
         return None
-    files = {n: (n, size, digest) for part in everyone for n, size, digest in part}
+    files = {n: (n, size, digest) for part in everyone for n, size, digest in part or ()}
     if set(files) != set(names):  # not the folder every rank wrote (no shared filesystem): lamindb's view decides
         return None
     return folder_stats(list(files.values()))
