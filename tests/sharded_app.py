@@ -2,7 +2,7 @@
 layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
 
 `python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
-[--strategy model_parallel|fsdp|deepspeed] [--save-best]`; refuses every non-loopback connection. `fsdp`
+[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--record-uploads FILE]`; refuses every non-loopback connection. `fsdp`
 (`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
 raises, as a store that refuses writes to the end of the fit."""
 import argparse
@@ -42,6 +42,22 @@ class RefuseFrom(pl.Callback):
             ln.Artifact.save = refuse
 
 
+def record_uploads(path: str) -> None:
+    "Append `rank remote-path` to `path` for each file this process uploads through s3fs (a spy: it still uploads)."
+    import os
+
+    import s3fs
+
+    put_file = s3fs.S3FileSystem._put_file
+
+    async def recorded(self, lpath, rpath, *args, **kwargs):
+        with open(path, "a") as file:
+            file.write(f"{os.environ.get('LOCAL_RANK', '0')} {rpath}\n")
+        return await put_file(self, lpath, rpath, *args, **kwargs)
+
+    s3fs.S3FileSystem._put_file = recorded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dirpath")
@@ -50,8 +66,11 @@ def main() -> None:
     parser.add_argument("--files-only", action="store_true", help="save_distributed_checkpoint=False: one file")
     parser.add_argument("--refuse-from-epoch", type=int)
     parser.add_argument("--save-best", action="store_true", help="keep best.ckpt, a link to the best folder")
+    parser.add_argument("--record-uploads", help="append `rank path` of each s3fs upload to this file")
     parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
     args = parser.parse_args()
+    if args.record_uploads:
+        record_uploads(args.record_uploads)
     accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
     if args.strategy == "model_parallel":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,

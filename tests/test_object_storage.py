@@ -387,5 +387,83 @@ def test_remote_dirpath(s3: dict) -> None:
     assert "lost" not in done.stderr and "cannot be published" not in done.stderr
 
 
+SHARDED_APP = Path(__file__).with_name("sharded_app.py")
+SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def run_sharded(s3: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    "A 2-process model-parallel fit (`sharded_app.py`) against this process's instance and the S3 server."
+    env = {**s3["env"], **{k: v for k, v in os.environ.items() if k.startswith("LAMIN_")},
+           "MASTER_PORT": str(free_port()), "LAMIN_CACHE_DIR": str(s3["folder"] / "cache")}  # the remote folder's
+    done = subprocess.run([sys.executable, str(SHARDED_APP), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "distributed_backend=gloo" in done.stderr  # really two processes
+    return done
+
+
+@pytest.mark.slow
+def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
+    """`dirpath="s3://runs/sharded"` with `ModelParallelStrategy(data_parallel_size=2)` on 2 gloo ranks, a local-storage
+    instance, `save_top_k=2`, `save_last`, `save_best`, 3 epochs: S3 holds each kept folder's 4 files (each sent once
+    per save), the evicted folder is gone from S3 and LaminDB, LaminDB holds one folder artifact per kept folder with
+    the same bytes, nothing stays in a local folder; a resume by `lamin://` reference into a new local folder starts
+    at step 6."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import boto3
+    import hashlib
+    import lamindb as ln
+
+    url = "s3://runs/sharded"
+    start = len(s3["log"].read_text())
+    uploads = tmp_path / "uploads.txt"
+    done = run_sharded(s3, tmp_path, url, "--save-best", "--record-uploads", str(uploads))
+    assert "Could not store" not in done.stderr and "could not record" not in done.stderr, done.stderr[-3000:]
+    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    listed = client.list_objects_v2(Bucket="runs", Prefix="sharded/")["Contents"]
+    objects: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    for o in listed:
+        folder, name = o["Key"].removeprefix("sharded/").split("/", 1)
+        objects[folder][name] = hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"].read()).hexdigest()
+    kept = {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt", "best.ckpt"}
+    assert set(objects) == kept, sorted(objects)  # epoch 0's folder, evicted, is gone from S3
+    assert all(sorted(files) == SHARDS for files in objects.values()), objects
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == kept  # one artifact per kept folder, under Lightning's name; none for the evicted one
+    for name, artifact in artifacts.items():
+        stored = Path(artifact.path)
+        assert artifact.n_files == 4 and artifact.kind == "model", (name, artifact.n_files)
+        assert artifact.size == sum(p.stat().st_size for p in stored.iterdir())
+        assert {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in stored.iterdir()} == objects[name]
+    values = {n: a.features.get_values() for n, a in artifacts.items()}
+    assert [n for n, v in values.items() if v["is_last_model"]] == ["last.ckpt"]
+    assert [n for n, v in values.items() if v["is_best_model"]] == ["epoch=2-step=6.ckpt"]
+    assert sorted(v["model_rank"] for v in values.values() if v.get("model_rank") is not None) == [0, 1]
+    log = s3["log"].read_text()[start:]
+    puts = collections.Counter(re.findall(r'"PUT /runs/sharded/([^/\s]+)/(\S+) HTTP', log))
+    for folder in ("epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt"):
+        assert [puts[(folder, shard)] for shard in SHARDS] == [1] * 4, puts  # each file sent once
+    assert [puts[("last.ckpt", shard)] for shard in SHARDS] == [3] * 4, puts  # once per save of last.ckpt
+    # each rank sent the shard it wrote, rank 0 the metadata: the uploads of a save run on both ranks at once
+    sent = collections.defaultdict(set)
+    for line in uploads.read_text().splitlines():
+        rank, path = line.split(" ", 1)
+        sent[path.rsplit("/", 1)[1]].add(int(rank))
+    assert dict(sent) == {".metadata": {0}, "__0_0.distcp": {0}, "__1_0.distcp": {1}, "meta.pt": {0}}, dict(sent)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith("s3:")]  # no local `s3:` folder
+    home = s3["folder"] / "cache" / "lamin_lightning" / "s3" / "runs" / "sharded"  # its journal's home (`local_home`)
+    assert (s3["folder"] / "cache").is_dir()
+    assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))  # no copy left once published
+    # the way back: the folder artifact, by reference, on both ranks of a new fit into a local folder
+    resumed = tmp_path / "resumed"
+    again = run_sharded(s3, tmp_path, str(resumed), "--ckpt-path", f"lamin://{url}/checkpoints@last", "--epochs", "4")
+    assert "global_step=8" in again.stdout, again.stdout  # step 6 restored, then one epoch of 2 steps
+    assert {p.name for p in resumed.glob("*.ckpt")} == {"epoch=3-step=8.ckpt", "last.ckpt"}
+    assert artifacts["last.ckpt"] in ln.Artifact.get(key=f"{resumed}/checkpoints/last.ckpt").run.input_artifacts.all()
+
+
 if __name__ == "__main__":
     {"storage": child_main, "dirpath": remote_dirpath_main}[sys.argv[1]]()
