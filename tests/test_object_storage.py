@@ -391,12 +391,36 @@ SHARDED_APP = Path(__file__).with_name("sharded_app.py")
 SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
 
 
+def sharded_env(s3: dict) -> dict[str, str]:
+    "This process's instance, the S3 server, and a cache of its own (where a remote folder's journal and copies wait)."
+    return {**s3["env"], **{k: v for k, v in os.environ.items() if k.startswith("LAMIN_")},
+            "MASTER_PORT": str(free_port()), "LAMIN_CACHE_DIR": str(s3["folder"] / "cache")}
+
+
+def s3_folders(s3: dict, prefix: str) -> dict[str, dict[str, str]]:
+    "`{folder: {file: md5}}` of the objects under `prefix/` in the bucket `runs`."
+    import boto3
+    import hashlib
+
+    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    objects: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    for o in client.list_objects_v2(Bucket="runs", Prefix=f"{prefix}/").get("Contents", []):
+        folder, name = o["Key"].removeprefix(f"{prefix}/").split("/", 1)
+        objects[folder][name] = hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"].read()).hexdigest()
+    return dict(objects)
+
+
+def folder_md5(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
 def run_sharded(s3: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
     "A 2-process model-parallel fit (`sharded_app.py`) against this process's instance and the S3 server."
-    env = {**s3["env"], **{k: v for k, v in os.environ.items() if k.startswith("LAMIN_")},
-           "MASTER_PORT": str(free_port()), "LAMIN_CACHE_DIR": str(s3["folder"] / "cache")}  # the remote folder's
-    done = subprocess.run([sys.executable, str(SHARDED_APP), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, str(SHARDED_APP), *args], cwd=cwd, env=sharded_env(s3), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "distributed_backend=gloo" in done.stderr  # really two processes
     return done
@@ -412,8 +436,6 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
     from lamin_lightning.testing import use_test_instance
 
     use_test_instance()
-    import boto3
-    import hashlib
     import lamindb as ln
 
     url = "s3://runs/sharded"
@@ -421,13 +443,7 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
     uploads = tmp_path / "uploads.txt"
     done = run_sharded(s3, tmp_path, url, "--save-best", "--record-uploads", str(uploads))
     assert "Could not store" not in done.stderr and "could not record" not in done.stderr, done.stderr[-3000:]
-    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
-                          aws_secret_access_key="test", region_name="us-east-1")
-    listed = client.list_objects_v2(Bucket="runs", Prefix="sharded/")["Contents"]
-    objects: dict[str, dict[str, str]] = collections.defaultdict(dict)
-    for o in listed:
-        folder, name = o["Key"].removeprefix("sharded/").split("/", 1)
-        objects[folder][name] = hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"].read()).hexdigest()
+    objects = s3_folders(s3, "sharded")
     kept = {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt", "best.ckpt"}
     assert set(objects) == kept, sorted(objects)  # epoch 0's folder, evicted, is gone from S3
     assert all(sorted(files) == SHARDS for files in objects.values()), objects
@@ -437,7 +453,7 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
         stored = Path(artifact.path)
         assert artifact.n_files == 4 and artifact.kind == "model", (name, artifact.n_files)
         assert artifact.size == sum(p.stat().st_size for p in stored.iterdir())
-        assert {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in stored.iterdir()} == objects[name]
+        assert folder_md5(stored) == objects[name]
     values = {n: a.features.get_values() for n, a in artifacts.items()}
     assert [n for n, v in values.items() if v["is_last_model"]] == ["last.ckpt"]
     assert [n for n, v in values.items() if v["is_best_model"]] == ["epoch=2-step=6.ckpt"]
@@ -463,6 +479,35 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
     assert "global_step=8" in again.stdout, again.stdout  # step 6 restored, then one epoch of 2 steps
     assert {p.name for p in resumed.glob("*.ckpt")} == {"epoch=3-step=8.ckpt", "last.ckpt"}
     assert artifacts["last.ckpt"] in ln.Artifact.get(key=f"{resumed}/checkpoints/last.ckpt").run.input_artifacts.all()
+
+
+
+@pytest.mark.slow
+def test_remote_sharded_refused_then_synced(s3: dict, tmp_path: Path) -> None:
+    """The same remote fit with every `Artifact.save` refused from epoch 0 (a fault injected): every folder waits in
+    the journal in LaminDB's cache, with its local copy; `lamin-lightning sync s3://…` then publishes the kept folders,
+    complete, and prints as published exactly what LaminDB holds."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import lamindb as ln
+
+    url = "s3://runs/refused"
+    done = run_sharded(s3, tmp_path, url, "--refuse-from-epoch", "0")
+    assert "Could not store" in done.stderr and "IsADirectoryError" not in done.stderr, done.stderr[-3000:]
+    assert ln.Artifact.filter(key__startswith=f"{url}/checkpoints/").count() == 0
+    home = s3["folder"] / "cache" / "lamin_lightning" / "s3" / "runs" / "refused"
+    assert len(list((home / ".lamin_lightning").glob("*.jsonl"))) == 1  # the journal waits in the cache
+    synced = subprocess.run([str(Path(sys.executable).with_name("lamin-lightning")), "sync", url], env=sharded_env(s3),
+                            capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    objects = s3_folders(s3, "refused")
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == set(objects) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    for name, artifact in artifacts.items():
+        assert artifact.n_files == 4 and folder_md5(Path(artifact.path)) == objects[name], name
+    assert synced.stdout.splitlines()[-1].startswith("published 3; 2 skipped"), synced.stdout
+    assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))  # nothing left in the cache
 
 
 if __name__ == "__main__":
