@@ -2,7 +2,7 @@
 layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
 
 `python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
-[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--record-uploads FILE]`; refuses every non-loopback connection. `fsdp`
+[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--record-uploads FILE] [--storage URI]`; refuses every non-loopback connection. `fsdp`
 (`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
 raises, as a store that refuses writes to the end of the fit."""
 import argparse
@@ -67,10 +67,17 @@ def main() -> None:
     parser.add_argument("--refuse-from-epoch", type=int)
     parser.add_argument("--save-best", action="store_true", help="keep best.ckpt, a link to the best folder")
     parser.add_argument("--record-uploads", help="append `rank path` of each s3fs upload to this file")
+    parser.add_argument("--storage", help="the instance's storage location to write to (an S3 one the test made)")
     parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
     args = parser.parse_args()
     if args.record_uploads:
         record_uploads(args.record_uploads)
+    if args.storage:
+        import lamindb as ln
+        import lamindb_setup as ln_setup
+
+        ln_setup.settings.instance._is_on_hub = False  # test only: lamindb asks the hub before it uses cloud storage
+        ln.settings.storage = args.storage
     accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
     if args.strategy == "model_parallel":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,

@@ -255,6 +255,49 @@ def remote_dirpath_main() -> None:
         cwd_left=sorted(p.name for p in root.iterdir()), network_attempts=len(guard.attempts))), flush=True)
 
 
+def sharded_storage_main() -> None:
+    """An instance whose storage is S3, and `dirpath=s3://runs/cloudsharded` with the 2-rank sharded fit: lamindb
+    uploads each folder artifact from rank 0's local copy; a resume by reference downloads it into the cache."""
+    import tempfile
+
+    from lamin_lightning.testing import NetworkGuard, init_local_instance, isolate_settings
+
+    isolate_settings(tempfile.mkdtemp())
+    guard = NetworkGuard().install()
+    root = Path.cwd()
+    init_local_instance(root / "storage")
+    import lamindb as ln
+    import lamindb_setup as ln_setup
+
+    ln_setup.settings.instance._is_on_hub = False  # test only: lamindb asks the hub before adding cloud storage
+    uri = f"s3://ckpts?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
+    ln.Storage(root=uri).save()
+    ln.settings.storage = uri
+    import lamin_lightning as ll
+
+    ll.save_lightning_features()
+    url = "s3://runs/cloudsharded"
+
+    def fit(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, str(SHARDED_APP), *args, "--storage", uri], cwd=root, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "MASTER_PORT": str(free_port())})
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    first = fit(url)
+    artifacts = ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")
+    stored = {a.key.rsplit("/", 1)[1]: dict(path=str(a.path), n_files=a.n_files, size=a.size) for a in artifacts}
+    import shutil
+
+    shutil.rmtree(ln_setup.settings.cache_dir)  # as on another machine: nothing cached yet
+    again = fit(str(root / "resumed"), "--ckpt-path", f"lamin://{url}/checkpoints@last", "--epochs", "4")
+    cache = Path(ln_setup.settings.cache_dir)
+    print(RESULT + json.dumps(dict(
+        stored=stored, errors=[line for line in first.stderr.splitlines() if "lamin_lightning:" in line],
+        resumed=again.stdout, cached=sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()),
+        network_attempts=len(guard.attempts))), flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -483,6 +526,29 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_remote_sharded_with_s3_storage(s3: dict) -> None:
+    """A remote folder of shards and an instance whose storage is S3: each kept folder is one folder artifact in the
+    storage (4 files, as many objects), and a resume by reference on both ranks downloads it once into the cache."""
+    done, result = run_child(s3, "sharded_storage")
+    assert result["network_attempts"] == 0
+    assert result["errors"] == [], result["errors"]
+    stored = result["stored"]
+    assert set(stored) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}, stored
+    assert {n: sorted(f) for n, f in s3_folders(s3, "cloudsharded").items()} == {n: SHARDS for n in stored}
+    log = s3["log"].read_text()
+    for name, artifact in stored.items():
+        assert artifact["path"].startswith("s3://ckpts/.lamindb/") and artifact["n_files"] == 4, (name, artifact)
+        key = artifact["path"].removeprefix("s3://ckpts/")
+        assert sorted(set(re.findall(rf'"PUT /ckpts/{re.escape(key)}/(\S+) HTTP', log))) == SHARDS, name
+    assert "global_step=8" in result["resumed"], result["resumed"]
+    cached = [p for p in result["cached"] if "runs/cloudsharded/" in p]  # lamindb's cache path holds the key
+    assert sorted(cached) == [f"ckpts/s3:/runs/cloudsharded/checkpoints/last.ckpt/{n}" for n in SHARDS], cached
+    last = stored["last.ckpt"]["path"].removeprefix("s3://ckpts/")
+    gets = collections.Counter(re.findall(rf'"GET /ckpts/{re.escape(last)}/(\S+) HTTP', log))
+    assert gets == {name: 1 for name in SHARDS}, gets  # downloaded once, for both ranks
+
+
+@pytest.mark.slow
 def test_remote_sharded_refused_then_synced(s3: dict, tmp_path: Path) -> None:
     """The same remote fit with every `Artifact.save` refused from epoch 0 (a fault injected): every folder waits in
     the journal in LaminDB's cache, with its local copy; `lamin-lightning sync s3://…` then publishes the kept folders,
@@ -511,4 +577,4 @@ def test_remote_sharded_refused_then_synced(s3: dict, tmp_path: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"storage": child_main, "dirpath": remote_dirpath_main}[sys.argv[1]]()
+    {"storage": child_main, "dirpath": remote_dirpath_main, "sharded_storage": sharded_storage_main}[sys.argv[1]]()
