@@ -25,7 +25,7 @@ from typing_extensions import override
 from .observers import log
 from .references import consolidate_hint, is_reference, local_path
 from .upstream import inner_io, io_executor, set_inner_io
-from .journal import remove_bytes
+from .journal import made_in, remove_bytes
 from .writes import ServerCopies, fetch_on_each_node, is_remote, save_written, stage_path, upload_saved
 
 # %% ../nbs/08_checkpoint_io.ipynb #f6a00023
@@ -388,7 +388,11 @@ def save_remote_through_local(strategy: Any, io: "LaminCheckpointIO") -> None:
         url = strategy.broadcast(str(filepath))  # rank 0's path decides, as in the strategy
         if not is_remote(url):
             return save(checkpoint, filepath, storage_options)
-        local = Path(str(strategy.broadcast(str(stage_path(url)) if strategy.global_rank == 0 else None)))
+        local, hold = stage_path(url), None
+        if strategy.global_rank == 0:  # a file beside it keeps the journal's folder, which a journal closed meanwhile
+            hold = local.with_name(f".{local.name}.saving")  # on the publishing thread removes once empty
+            made_in(hold.parent, hold.touch)  # (see `journal.made_in`)
+        local = Path(str(strategy.broadcast(str(local))))  # rank 0's: the same on every rank
         try:
             save(checkpoint, local, storage_options)
             if strategy.global_rank == 0:
@@ -398,6 +402,9 @@ def save_remote_through_local(strategy: Any, io: "LaminCheckpointIO") -> None:
             io.writes.take_written(url)  # no copy of a checkpoint that did not reach `url`
             remove_bytes(local)
             raise
+        finally:
+            if hold is not None:
+                hold.unlink(missing_ok=True)
 
     save_checkpoint.saves_remote = True  # type: ignore[attr-defined]
     strategy.save_checkpoint = save_checkpoint  # type: ignore[method-assign]  # this instance's, as above
