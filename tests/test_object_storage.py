@@ -526,6 +526,34 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_remote_dirpath_model_parallel_files(s3: dict, tmp_path: Path) -> None:
+    """`ModelParallelStrategy(save_distributed_checkpoint=False)` into `s3://…`: one file per checkpoint, saved by rank 0
+    through the CheckpointIO at the local staging path, then uploaded; each kept file is an artifact with the bytes
+    and hash of S3's object."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import boto3
+    import hashlib
+    import lamindb as ln
+    from lamindb_setup.core.hashing import hash_file
+
+    url = "s3://runs/files"
+    run_sharded(s3, tmp_path, url, "--files-only")
+    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    objects = {o["Key"].removeprefix("files/"): hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"]
+                                                              .read()).hexdigest()
+               for o in client.list_objects_v2(Bucket="runs", Prefix="files/")["Contents"]}
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == set(objects) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}, objects
+    for name, artifact in artifacts.items():
+        path = Path(artifact.path)
+        assert path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() == objects[name], name
+        assert (artifact.size, artifact.hash) == hash_file(path)[:2], name
+
+
+@pytest.mark.slow
 def test_remote_sharded_with_s3_storage(s3: dict) -> None:
     """A remote folder of shards and an instance whose storage is S3: each kept folder is one folder artifact in the
     storage (4 files, as many objects), and a resume by reference on both ranks downloads it once into the cache."""
