@@ -506,6 +506,7 @@ def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
     for folder in ("epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt"):
         assert [puts[(folder, shard)] for shard in SHARDS] == [1] * 4, puts  # each file sent once
     assert [puts[("last.ckpt", shard)] for shard in SHARDS] == [3] * 4, puts  # once per save of last.ckpt
+    assert [puts[("epoch=0-step=2.ckpt", shard)] for shard in SHARDS] == [1] * 4, puts  # sent, then evicted from S3
     # each rank sent the shard it wrote, rank 0 the metadata: the uploads of a save run on both ranks at once
     sent = collections.defaultdict(set)
     for line in uploads.read_text().splitlines():
