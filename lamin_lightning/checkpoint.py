@@ -34,7 +34,7 @@ from .observers import ArtifactObserver, log
 from .publisher import Publisher, StoreError, redact
 from .resume import _Preemption
 from .store import Store, quiet_lamindb, storage_root
-from .writes import is_remote, prune_local_home
+from .writes import folder_aside, is_remote, prune_local_home, stat_before
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b316
 def _nothing_ran(fit: _FitState) -> bool:
@@ -161,7 +161,7 @@ def _guarded(work: Callable[[], ln.Artifact | None], filepath: Path | str, stric
 class _Saving(_FitStart):
     "Saving: each checkpoint, `hparams.yaml` and `config.yaml` journaled, then published."
 
-    _taken: tuple[str, _AtSave] | None  # (path, Lightning's state) taken before a hand-off
+    _planned: dict[str, Entry | None]  # path -> its entry, journaled as an intent before the write (None: that failed)
 
     @override
     def save_checkpoint_artifact(
@@ -173,8 +173,7 @@ class _Saving(_FitStart):
         error)."""
         self._start_fit(trainer)
         filepath = str(filepath)
-        taken, self._taken = self._taken, None
-        at = taken[1] if taken is not None and taken[0] == filepath else self._at_save(trainer, filepath)
+        at = None if filepath in self._planned or feature_values is not None else self._at_save(trainer, filepath)
         written = self._io.writes.handed(filepath) if self._io is not None else None  # the write of these bytes, if under way
         work = _guarded(partial(self._journal_checkpoint, trainer, filepath, at, feature_values, written), filepath,
                         self.strict)
@@ -182,15 +181,31 @@ class _Saving(_FitStart):
             return None
         return work()
 
-    def _journal_checkpoint(self, trainer: pl.Trainer, filepath: str, at: _AtSave,
+    def _journal_checkpoint(self, trainer: pl.Trainer, filepath: str, at: _AtSave | None,
                             feature_values: dict[str | ln.Feature, Any] | None, written: Any | None) -> ln.Artifact | None:
-        "Build a checkpoint's entry from the state at its save and submit it."
+        "Complete a checkpoint's planned entry (or build it, from the state `at` its save) and submit it."
         fit = self._fit
         assert fit is not None
+        if feature_values is None and filepath in self._planned:
+            if (entry := self._planned.pop(filepath)) is None:  # its planning failed, and said why
+                return None
+        else:
+            entry = self._checkpoint_entry(trainer, filepath, at or self._at_save(trainer, filepath), feature_values)
         if written is not None:  # on the IO thread: not while training hands the next checkpoint over
             fit.publisher.after_hand_off()
-        return fit.publisher.submit(self._checkpoint_entry(trainer, filepath, at, feature_values, written),
-                                    written=written)
+        return fit.publisher.submit(self._written_entry(entry, filepath, written), written=written)
+
+    def _plan(self, trainer: pl.Trainer, filepath: str, at: _AtSave) -> ln.Artifact | None:
+        """Build the entry of the checkpoint Lightning is about to write at `filepath`, and journal it as an intent with
+        the file's stat now: a process killed from here on loses nothing Lightning leaves complete (see `finished_since`)."""
+        fit = self._fit
+        assert fit is not None
+        self._planned[filepath] = None  # a failure below is reported once
+        entry = self._checkpoint_entry(trainer, filepath, at, None)
+        if not is_remote(filepath):
+            fit.publisher.intend(entry, stat_before(filepath))
+        self._planned[filepath] = entry
+        return None
 
     def _save_file(self, trainer: pl.Trainer, path: Path | str, kind: ArtifactKind, description: str,
                    **fields: Any) -> ln.Artifact | None:
@@ -210,11 +225,21 @@ class _Saving(_FitStart):
 
     @override
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        publisher = self._fit.publisher if self._fit is not None else None
+        "Plan the entry before Lightning writes (on the IO thread when it writes there), then save and publish."
+        publisher = self._fit.publisher if self._fit is not None and self._fit.trainer is trainer else None
         with publisher.yielding() if publisher is not None else nullcontext():
-            if publisher is not None and self._io is not None and self._io.asynchronous and trainer.is_global_zero:
-                self._taken = (filepath, self._at_save(trainer, filepath))  # before the IO thread wakes up (see above)
-            super()._save_checkpoint(trainer, filepath)
+            if publisher is not None and trainer.is_global_zero:
+                plan = _guarded(partial(self._plan, trainer, filepath, self._at_save(trainer, filepath)), filepath,
+                                self.strict)
+                if self._io is None or not self._io.writes.defer(plan):  # in order before the write it plans
+                    plan()
+            with folder_aside(filepath, trainer.is_global_zero):
+                try:
+                    super()._save_checkpoint(trainer, filepath)
+                except BaseException:
+                    if publisher is not None and (entry := self._planned.pop(filepath, None)) is not None:
+                        publisher.withdraw(entry.id)  # Lightning raises: no entry follows its intent
+                    raise
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b312
 class _Removing(_Saving):
@@ -247,11 +272,17 @@ class _Removing(_Saving):
 
     @override
     def _link_best(self, trainer: pl.Trainer) -> None:
-        "As the base; in a remote folder the server copies the best object, so its asynchronous write must be complete."
+        """As the base, a local link's entry planned first (an intent, as for a write); in a remote folder the server
+        copies the best object, so its asynchronous write must be complete."""
         if self.best_link_path is not None and is_remote(self.best_link_path) and self._io is not None:
             while (write := self._io.writes.pending(self.best_model_path)) is not None:
                 write.wait()
             self._io.copies.settle(self.best_link_path)  # the server is about to write `best.ckpt` again
+        fit = self._fit if self._fit is not None and self._fit.trainer is trainer else None
+        link = self.best_link_path
+        if fit is not None and trainer.is_global_zero and link is not None and not is_remote(link) and \
+                self.best_model_path and self.best_model_path != self._best_linked:  # as the base decides to link
+            _guarded(partial(self._plan, trainer, link, self._at_save(trainer, link)), link, self.strict)()
         super()._link_best(trainer)
 
 # %% ../nbs/12_checkpoint.ipynb #e1a2b314
@@ -480,7 +511,7 @@ class Checkpoint(_Hooks):
         self._fit = None
         self._scores = {}
         self._made_at = {}
-        self._taken = None
+        self._planned = {}
         self._restored = False
         self._io = None
 

@@ -328,9 +328,9 @@ class _Entries(_Values):
         return entry
 
     def _checkpoint_entry(self, trainer: pl.Trainer, filepath: str, at: _AtSave,
-                          feature_values: dict[str | ln.Feature, Any] | None, written: Any | None) -> Entry:
-        """A checkpoint's complete entry, from Lightning's state at its save (`at`): key and features, the entry it
-        replaces, what changes for its siblings and, for a file our IO did not write (`written`), stats and local copy."""
+                          feature_values: dict[str | ln.Feature, Any] | None) -> Entry:
+        """A checkpoint's entry, from Lightning's state at its save (`at`), before its file is written: key and features,
+        the entry it replaces and what changes for its siblings. `_written_entry` completes it once the file is there."""
         fit = self._fit
         assert fit is not None
         key = self.resolve_artifact_key(trainer=trainer, filepath=filepath, kind="checkpoint")
@@ -344,14 +344,24 @@ class _Entries(_Values):
         fit.entries[filepath] = entry_id
         # best.ckpt is a stable path, not a newer checkpoint: no flag moves
         siblings = {} if filepath == self.best_link_path else fit.sibling_changes(entry_id, ranks, at.best_model_path)
+        entry = self._entry("save", "checkpoint", key, filepath, id=entry_id, description=at.description,
+                            values=values, replaces=replaces, siblings=siblings)
+        fit.stored[entry.id] = entry.stored
+        return entry
+
+    def _written_entry(self, entry: Entry, filepath: str, written: Any | None) -> Entry:
+        """`entry` once Lightning wrote its file: where its bytes go (a sharded save is a folder) and, for a file our IO
+        did not write (`written`), its stats and local copy."""
+        fit = self._fit
+        assert fit is not None
         stats, local = self._io.writes.take_written(filepath) if self._io is not None else (None, None)  # taken in any case
         copy = None
         if written is not None:  # our IO's write: the publisher takes what it measured once the write is complete
             stats = None
         elif self._io is not None and is_remote(filepath):  # a remote file our IO did not write (best.ckpt, a user's IO)
             copy = str(local or fetch_copy(filepath))  # downloaded once
-        entry = self._entry("save", "checkpoint", key, filepath, copy=copy, id=entry_id, description=at.description,
-                            values=values, replaces=replaces, siblings=siblings, stats=stats)
+        entry = self._entry("save", "checkpoint", entry.key, filepath, copy=copy, id=entry.id, values=entry.values,
+                            description=entry.description, replaces=entry.replaces, siblings=entry.siblings, stats=stats)
         fit.stored[entry.id] = entry.stored
         return entry
 

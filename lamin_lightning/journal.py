@@ -232,7 +232,12 @@ def _problem(record: Any) -> str | None:
         return None if record["artifact"] is None or type(record["artifact"]) is int else "its artifact is not an id"
     if isinstance(record, dict) and set(record) == {"abandoned"} and isinstance(record["abandoned"], str):
         return None
-    return f"{str(json.dumps(record))[:40]} is not an entry, a done or an abandoned line"
+    if isinstance(record, dict) and set(record) == {"intent", "before"}:
+        before = record["before"]
+        if before is not None and not (isinstance(before, list) and len(before) == 3 and all(type(n) is int for n in before)):
+            return "its 'before' is not null or [inode, size, mtime_ns]"
+        return entry_problem(record["intent"])
+    return f"{str(json.dumps(record))[:40]} is not an entry, an intent, a done or an abandoned line"
 
 
 def _parse(line: bytes) -> tuple[Any, str | None]:
@@ -262,6 +267,7 @@ class Contents:
     entries: list[Entry]
     done: dict[str, int | None]  # entry id -> artifact id (None: nothing to publish)
     abandoned: set[str]  # entries whose bytes were gone from every place they were kept
+    intents: list[tuple[Entry, list[int] | None]] = field(default_factory=list)  # (entry, its file's stat before the write)
     intact: int = 0  # bytes up to the end of the last whole line: a torn line after them is cut off (`Journal.mend`)
     unended: bool = False  # the last line is whole but for its newline
 
@@ -269,6 +275,13 @@ class Contents:
     def open_entries(self) -> list[Entry]:
         "Entries not done, abandoned ones included: a replay tries them again."
         return [e for e in self.entries if e.id not in self.done]
+
+    @property
+    def unconfirmed(self) -> list[tuple[Entry, list[int] | None]]:
+        """Intents with no entry line: the process died while Lightning wrote their file, or before the entry was
+        recorded. Their saves come after every entry's, in order (entries are recorded in the order of the saves)."""
+        recorded = {e.id for e in self.entries}
+        return [(e, before) for e, before in self.intents if e.id not in recorded]
 
     @classmethod
     def read(cls, path: Path) -> "Contents":
@@ -301,6 +314,8 @@ class Contents:
     def _add(self, record: dict[str, Any]) -> None:
         if "entry" in record:
             self.entries.append(Entry.from_json(record["entry"]))
+        elif "intent" in record:
+            self.intents.append((Entry.from_json(record["intent"]), record["before"]))
         elif "done" in record:
             self.done[record["done"]] = record["artifact"]
         else:
@@ -381,6 +396,11 @@ class Journal(JournalFile):
         journal.path = path
         return journal
 
+    def intend(self, entry: Entry, before: list[int] | None) -> None:
+        """Record `entry` before Lightning writes its file, with the file's `[inode, size, mtime_ns]` then (`None`: no
+        file yet): if the process dies before `add`, a replay publishes the file once it is complete and new."""
+        self._write({"intent": entry.to_json(), "before": before})
+
     def add(self, entry: Entry) -> None:
         "Record `entry` before anything else is tried."
         self._write({"entry": entry.to_json()})
@@ -444,13 +464,19 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def line_of(path: Path, entry_id: str, record: str = "entry") -> int | None:
     "The line number (from 1) of the `record` line (`entry` or `done`) of `entry_id` in the journal at `path`."
+    intent = None  # an entry known only from its intent
     for number, line in enumerate(path.read_bytes().splitlines(), 1):
         with contextlib.suppress(ValueError):
             found = json.loads(line)
-            if isinstance(found, dict) and (found.get("done") == entry_id if record == "done" else
-                                            isinstance(found.get("entry"), dict) and found["entry"].get("id") == entry_id):
+            if isinstance(found, dict) and record == "done" and found.get("done") == entry_id:
                 return number
-    return None
+            if isinstance(found, dict) and record == "entry" and isinstance(found.get("entry"), dict) \
+                    and found["entry"].get("id") == entry_id:
+                return number
+            if isinstance(found, dict) and record == "entry" and isinstance(found.get("intent"), dict) \
+                    and found["intent"].get("id") == entry_id:
+                intent = intent or number
+    return intent
 
 
 def check_entries(path: Path, contents: Contents, storage_root: Path | None) -> None:

@@ -6,15 +6,19 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
 # %% auto #0
 __all__ = ['CHUNK', 'PART_SIZE', 'is_remote', 'local_home', 'remote_copy', 'prune_local_home', 'hash_bytes', 'save_hashed',
-           'save_copied', 'fetch_copy', 'save_written', 'stage_path', 'saved_files', 'uploaders', 'upload_saved',
-           'download', 'fetch_on_each_node', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
+           'save_copied', 'fetch_copy', 'save_written', 'stat_before', 'zip_complete', 'finished_since', 'folder_aside',
+           'stage_path', 'saved_files', 'uploaders', 'upload_saved', 'download', 'fetch_on_each_node', 's3_etags',
+           'copy_target', 'copy_in_cloud', 'ServerCopies']
 
 # %% ../nbs/06_writes.ipynb #w71e0004
 import hashlib
 import io
 import os
+import struct
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -149,6 +153,71 @@ def save_written(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path
         return save_hashed(io_, checkpoint, path, storage_options), None
     settle(str(path))
     return save_copied(io_, checkpoint, str(path), storage_options)
+
+# %% ../nbs/06_writes.ipynb #t0rn0002
+def _marker(path: Path) -> Path:
+    "What changes when the checkpoint at `path` is written: the file, or a sharded folder's `.metadata`."
+    return path / ".metadata" if path.is_dir() else path
+
+
+def stat_before(path: str | Path) -> list[int] | None:
+    "`[inode, size, mtime_ns]` of the checkpoint at `path` before a write (`None`: there is none): see `finished_since`."
+    try:
+        info = _marker(Path(path)).stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def zip_complete(path: Path) -> bool:
+    """Whether the file at `path` ends with zip end records that close its central directory (torch's format: a zip64
+    record and its locator, then the classic end record, written last)."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - 98))
+            tail = file.read()
+            end, record = tail[-22:], tail[-98:-42]
+            if len(tail) < 22 or end[:4] != b"PK\x05\x06" or end[20:] != b"\0\0":  # torch writes no zip comment
+                return False
+            cd_size, cd_offset = struct.unpack("<II", end[12:20])
+            cd_end = size - 22
+            if tail[-42:-38] == b"PK\x06\x07" and record[:4] == b"PK\x06\x06":  # zip64: its record holds the offsets
+                cd_size, cd_offset = struct.unpack("<QQ", record[40:56])
+                cd_end = size - 98
+            file.seek(cd_offset)
+            return cd_offset + cd_size == cd_end and file.read(4) == b"PK\x01\x02"
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def finished_since(path: str | Path, before: list[int] | None) -> bool | None:
+    """Whether the checkpoint at `path` is complete and not the one `stat_before` saw: `True`; `False` when it is
+    absent or unchanged (the write had not begun); `None` when it is cut short or its format tells nothing."""
+    path = Path(path)
+    if (now := stat_before(path)) is None:
+        return None if path.is_dir() else False  # a folder without `.metadata`: the ranks were still writing
+    if now == before:
+        return False
+    return True if zip_complete(path / "meta.pt" if path.is_dir() else path) else None
+
+# %% ../nbs/06_writes.ipynb #t0rn0006
+@contextmanager
+def folder_aside(path: str | Path, mover: bool) -> Iterator[None]:
+    "Around a save into `path`: an existing checkpoint folder moved aside first (by the process `mover`), deleted after."
+    if not mover or is_remote(path) or not os.path.isdir(path) or os.path.islink(path):
+        yield
+        return
+    path = Path(path)
+    aside = path.with_name(f".{uuid.uuid4().hex[:8]}-old-{path.name}")
+    os.replace(path, aside)
+    try:
+        yield
+    except BaseException:
+        remove_bytes(path)
+        os.replace(aside, path)
+        raise
+    remove_bytes(aside)
 
 # %% ../nbs/06_writes.ipynb #sh4rd002
 def stage_path(url: str) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faults import BIN, ckpt_files, stored, sync
+from faults import BIN, ckpt_files, run_script, stored, sync
 from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
 
 EPOCHS = 3
@@ -92,8 +92,9 @@ def test_malformed_lines_are_skipped(tmp_path: Path, monkeypatch, caplog, replay
 
 
 def test_torn_last_line(tmp_path: Path, monkeypatch, caplog) -> None:
-    """2b. The last line cut mid-write (as a crash leaves it): silent; every other entry is published, and the lines a
-    replay appends after it stay readable (a replay stopped by a store error halfway loses none of its `done` lines)."""
+    """2b. The last line cut mid-write (as a crash leaves it): silent; the checkpoint it described is still published
+    from its intent (journaled before the write), once, with its features; the lines a replay appends after it stay
+    readable (a replay stopped by a store error halfway loses none of its `done` lines)."""
     use_test_instance()
     import lamindb as ln
     from django.db.utils import OperationalError
@@ -120,7 +121,7 @@ def test_torn_last_line(tmp_path: Path, monkeypatch, caplog) -> None:
     with monkeypatch.context() as patched, caplog.at_level("WARNING", logger="lamin_lightning"):
         patched.setattr(ln.Artifact, "save", refuse_second)
         report = sync_here(dirpath)
-        assert (report.published, report.pending) == (1, 1)
+        assert (report.published, report.pending) == (1, 2)  # the second, then the torn one (from its intent)
         contents = Contents.read(journal)  # the `done` line appended after the torn one is whole
         assert [e.id for e in contents.open_entries] == [second.id] and first.id in contents.done
     assert "skipped line" not in caplog.text  # a torn last line is expected: silent
@@ -128,8 +129,11 @@ def test_torn_last_line(tmp_path: Path, monkeypatch, caplog) -> None:
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "Traceback" not in done.stderr and "skipped line" not in done.stderr
     files = ckpt_files(dirpath)
-    assert torn["path"] in files and len(files) == EPOCHS  # the torn entry's file stays on disk, unpublished
-    assert_published_once(dirpath, files - {torn["path"]})
+    assert torn["path"] in files and len(files) == EPOCHS
+    assert_published_once(dirpath, files)  # the torn entry's checkpoint too, with its bytes
+    artifact = ln.Artifact.get(uid=f"{torn['id']}0000")  # as the fit would have published it: its uid and features
+    values = artifact.features.get_values()
+    assert (values["epoch"], values["is_last_model"]) == (EPOCHS - 1, True) and "score" in values
     assert journal_files(dirpath) == []
 
 
@@ -209,3 +213,95 @@ def test_three_syncs_beside_a_live_fit(tmp_path: Path, monkeypatch) -> None:
         assert journal_files(dirpath) == []
     assert_published_once(live)
     assert journal_files(live) == []
+
+
+KILLED_AT = {  # write number (1: epoch=0, 2: last.ckpt, 3: epoch=1, 4: last.ckpt again) and what is on disk at the kill
+    "top-k file cut short": (3, "cut"),
+    "old last.ckpt unchanged": (4, "before"),
+    "top-k file complete": (3, "after"),
+    "last.ckpt complete": (4, "after"),
+    "best.ckpt relinked": (3, "linked"),  # each save is the best (monitor="step", mode="max"): killed once relinked
+    "top-k file complete, AsyncCheckpointIO": (3, "after"),  # killed on the IO thread, once the file is complete
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(KILLED_AT))
+def test_kill_between_intent_and_entry(tmp_path: Path, case: str) -> None:
+    """2b. A real fit SIGKILLed at its third or fourth write, before, during or just after Lightning writes the file
+    (before the entry line), or just after it points best.ckpt at the new best: `sync` publishes exactly what Lightning left complete, once, with the fit's features; a
+    file cut short stays unpublished, with one warning; an unchanged last.ckpt keeps its published epoch."""
+    use_test_instance()
+    import lamindb as ln
+
+    write, when = KILLED_AT[case]
+    dirpath = tmp_path / "ckpts"
+    killed = run_script(f'''
+        import io, os, signal
+        import torch
+        from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
+        import lamin_lightning as ll
+        from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
+        use_test_instance()
+
+        class KilledIO(TorchCheckpointIO):
+            "Lightning's IO, killed at write {write}: before it, halfway through it, or once it is complete."
+            writes = 0
+            def save_checkpoint(self, checkpoint, path, storage_options=None):
+                KilledIO.writes += 1
+                if KilledIO.writes == {write} and {when!r} == "before":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if KilledIO.writes == {write} and {when!r} == "cut":
+                    buffer = io.BytesIO(); torch.save(checkpoint, buffer)
+                    with open(path, "wb") as file:
+                        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                    os.kill(os.getpid(), signal.SIGKILL)
+                super().save_checkpoint(checkpoint, path, storage_options)
+                if KilledIO.writes == {write} and {when!r} == "after":
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        link = ll.Checkpoint._link_checkpoint
+        def killed_link(trainer, filepath, linkpath):
+            link(trainer, filepath, linkpath)
+            if linkpath.endswith("best.ckpt") and KilledIO.writes == {write}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        ll.Checkpoint._link_checkpoint = staticmethod(killed_link)
+        best = dict(save_best=True, monitor="step", mode="max") if {when!r} == "linked" else dict(monitor="val_loss")
+        callback = ll.Checkpoint(dirpath={str(dirpath)!r}, save_top_k=-1, save_last=True, every_n_epochs=1, **best)
+        io_ = AsyncCheckpointIO(KilledIO()) if {"Async" in case!r} else KilledIO()
+        tiny_trainer({str(tmp_path)!r}, [callback], logger=False, max_epochs=3, plugins=[io_]).fit(
+            TinyModel(), TinyData())
+        print("not killed")
+        ''', cwd=tmp_path)
+    assert killed.returncode == -9, killed.stdout + killed.stderr[-3000:]
+    prefix = f"{dirpath}/checkpoints/"
+    before = {a.key.removeprefix(prefix): a.features.get_values()["epoch"] for a in ln.Artifact.filter(key__startswith=prefix)}
+    published = {"epoch=0-step=2.ckpt": 0, "last.ckpt": 0, **({"epoch=1-step=4.ckpt": 1} if write == 4 else {}),
+                 **({"epoch=1-step=4.ckpt": 1, "best.ckpt": 0} if when == "linked" else {})}
+    if "Async" in case:  # published in the background: some of them, by the kill
+        assert before.items() <= published.items()
+    else:
+        assert before == published
+    (journal,) = journal_files(dirpath)  # the intent of the killed write, and nothing after it
+    done = sync(dirpath)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr[-3000:]
+    assert journal_files(dirpath) == []
+    after = {a.key.removeprefix(prefix): (a.features.get_values()["epoch"], Path(a.path).read_bytes())
+             for a in ln.Artifact.filter(key__startswith=prefix)}  # one current artifact per key
+    assert len(after) == ln.Artifact.filter(key__startswith=prefix).count()
+    epochs = {name: epoch for name, (epoch, _) in after.items()}
+    if when == "cut":
+        assert epochs == {"epoch=0-step=2.ckpt": 0, "last.ckpt": 0}  # the cut file is not published
+        assert "epoch=1-step=4.ckpt was being written when its fit stopped and is incomplete" in done.stderr
+        assert (dirpath / "epoch=1-step=4.ckpt").exists()  # and stays on disk
+    elif when == "linked":  # best.ckpt's current artifact: the new best's bytes and epoch
+        assert epochs == {"epoch=0-step=2.ckpt": 0, "epoch=1-step=4.ckpt": 1, "last.ckpt": 0, "best.ckpt": 1}
+    elif when == "before":
+        assert epochs == {"epoch=0-step=2.ckpt": 0, "epoch=1-step=4.ckpt": 1, "last.ckpt": 0}
+        assert "incomplete" not in done.stderr  # nothing was written: nothing to say
+    else:
+        assert epochs == {"epoch=0-step=2.ckpt": 0, "epoch=1-step=4.ckpt": 1, "last.ckpt": 1 if write == 4 else 0}
+        assert after["epoch=1-step=4.ckpt" if write == 3 else "last.ckpt"][1] == \
+            (dirpath / ("epoch=1-step=4.ckpt" if write == 3 else "last.ckpt")).read_bytes()
+    for name, (_, data) in after.items():
+        assert data == (dirpath / name).read_bytes(), name  # each key's current artifact holds the bytes on disk
