@@ -25,7 +25,7 @@ from lamindb_setup.core.hashing import hash_file
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from .checkpoint_io import LaminCheckpointIO, resolve_references_on_load
+from .checkpoint_io import LaminCheckpointIO, resolve_references_on_load, save_remote_through_local
 from .events import ArtifactKind
 from .features import FitFeatures, database_reachable, parse_feature_spec, require_instance
 from .fit import _AtSave, _FitState, end_entry, entry_point, start_run
@@ -392,6 +392,7 @@ class _Hooks(_Lineage):
         self._trainer = trainer
         self._io = LaminCheckpointIO.install(trainer.strategy)  # before Lightning loads a checkpoint: references work
         resolve_references_on_load(trainer.strategy, self._io)  # also where the strategy loads folders itself
+        save_remote_through_local(trainer.strategy, self._io)  # a strategy that saves itself, into a remote dirpath
         self._io.before_remove = self._keep_bytes
         if (alias := self._state_alias) is not None and self._io.asynchronous:  # the IO thread adds the state under
             alias.in_io = True  # plain ModelCheckpoint's key, as the same object: AsyncCheckpointIO clones its tensors once

@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/checkpoint_io.html.md"""
 
 # %% auto #0
 __all__ = ['FOLDER_STRATEGIES', 'with_aliases', 'Writes', 'AsyncWrites', 'Loaded', 'LaminCheckpointIO', 'folder_refused',
-           'resolve_references_on_load']
+           'resolve_references_on_load', 'save_remote_through_local']
 
 # %% ../nbs/08_checkpoint_io.ipynb #c10e0004
 import os
@@ -25,7 +25,8 @@ from typing_extensions import override
 from .observers import log
 from .references import consolidate_hint, is_reference, local_path
 from .upstream import inner_io, io_executor, set_inner_io
-from .writes import ServerCopies, is_remote, save_written
+from .journal import made_in, remove_bytes
+from .writes import ServerCopies, fetch_on_each_node, is_remote, save_written, stage_path, upload_saved
 
 # %% ../nbs/08_checkpoint_io.ipynb #f6a00023
 class _Write(threading.Event):
@@ -132,6 +133,16 @@ class Writes:
         if inode is not None and os.stat(path).st_ino != inode:
             stats = None
         return stats, copy
+
+    def copy_of(self, url: str, local: Path) -> None:
+        """Once the write of `local` (if through this IO) is complete, make it the local copy of the remote `url`: a
+        strategy that saves itself saved there on its way to `url`. `take_written(url)` then hands it over."""
+        while (write := self.pending(local)) is not None:
+            write.wait()
+        handed, (stats, _) = self.handed(local), self.take_written(local)
+        if handed is not None and handed.error is not None:
+            raise handed.error
+        self._last[_key(url)] = (handed.stats if handed is not None else stats, None, local)
 
     def pending(self, path: str | Path) -> "_Write | None":
         "The newest unfinished write of `path`, if any."
@@ -324,8 +335,8 @@ def folder_refused(path: str, local: Path) -> IsADirectoryError:
 
 def _resolved_on_rank_zero(strategy: Any, path: Any, io: "LaminCheckpointIO") -> Any:
     """`path`, a reference resolved to its local file or folder by rank 0 and broadcast to every rank; rank 0's error
-    is raised on every rank."""
-    local, error = None, None
+    is raised on every rank. A download into LaminDB's cache (cloud storage) is made once per node."""
+    local, error, source = None, None, None
     if strategy.global_rank == 0:
         try:
             found, artifact = local_path(str(path), record=False)
@@ -333,12 +344,15 @@ def _resolved_on_rank_zero(strategy: Any, path: Any, io: "LaminCheckpointIO") ->
                 raise NotADirectoryError(f"{path} is one file ({found}); DeepSpeedStrategy loads only its own "
                                          "checkpoint folders: resume it with the strategy that wrote it.")
             local = str(found)
+            source = str(artifact.path) if artifact is not None and is_remote(artifact.path) else None
             io.loaded = Loaded(str(path), found, artifact)
         except Exception as exc:  # raised on every rank below
             error = exc
-    local, error = strategy.broadcast((local, error))
+    local, error, source = strategy.broadcast((local, error, source))
     if error is not None:
         raise error
+    if source is not None:  # downloaded into rank 0's cache: once more on each node that does not share it
+        fetch_on_each_node(strategy, source, Path(local))
     return local
 
 
@@ -358,3 +372,39 @@ def resolve_references_on_load(strategy: Any, io: "LaminCheckpointIO") -> None:
 
     load_checkpoint.reads_references = True  # type: ignore[attr-defined]
     strategy.load_checkpoint = load_checkpoint
+
+# %% ../nbs/08_checkpoint_io.ipynb #sh4rd102
+def save_remote_through_local(strategy: Any, io: "LaminCheckpointIO") -> None:
+    """Make `ModelParallelStrategy`, `FSDPStrategy` and `DeepSpeedStrategy` (they save without the `CheckpointIO`, to
+    `Path(filepath)`) save a remote checkpoint at a local path first, then upload it; once per strategy."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    save = strategy.save_checkpoint
+    if not isinstance(strategy, (ModelParallelStrategy, FSDPStrategy, DeepSpeedStrategy)) \
+            or getattr(save, "saves_remote", False):
+        return
+
+    def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        url = strategy.broadcast(str(filepath))  # rank 0's path decides, as in the strategy
+        if not is_remote(url):
+            return save(checkpoint, filepath, storage_options)
+        local, hold = stage_path(url), None
+        if strategy.global_rank == 0:  # a file beside it keeps the journal's folder, which a journal closed meanwhile
+            hold = local.with_name(f".{local.name}.saving")  # on the publishing thread removes once empty
+            made_in(hold.parent, hold.touch)  # (see `journal.made_in`)
+        local = Path(str(strategy.broadcast(str(local))))  # rank 0's: the same on every rank
+        try:
+            save(checkpoint, local, storage_options)
+            if strategy.global_rank == 0:
+                io.writes.copy_of(url, local)
+            upload_saved(strategy, local, url)
+        except BaseException:
+            io.writes.take_written(url)  # no copy of a checkpoint that did not reach `url`
+            remove_bytes(local)
+            raise
+        finally:
+            if hold is not None:
+                hold.unlink(missing_ok=True)
+
+    save_checkpoint.saves_remote = True  # type: ignore[attr-defined]
+    strategy.save_checkpoint = save_checkpoint  # type: ignore[method-assign]  # this instance's, as above

@@ -323,7 +323,7 @@ class _Entries(_Values):
         entry = Entry(op, key, kind=kind, path=path, remote=remote, run=uid, transform=transform, **fields)
         if op == "save":  # where its bytes go depends on its uid: the entry is made once more, complete
             cloud = fit.cloud if fit is not None else storage_root() is None  # known per fit: no file lookups
-            folder = not remote and os.path.isdir(path)  # a sharded checkpoint, complete once the strategy's save returned
+            folder = os.path.isdir(path)  # a sharded checkpoint (or a remote one's copy), complete once the strategy's save returned
             entry = replace(entry, stored=stored_path(entry, filepath, cloud=cloud, key_is_virtual=self.key_is_virtual,
                                                       folder=folder))
         return entry

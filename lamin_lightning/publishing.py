@@ -186,7 +186,11 @@ class _BestLink(_LastArtifacts):
         if get_protocol(link) in ("file", "local"):
             self._link_checkpoint(trainer, self.best_model_path, link)
         else:  # object storage has no links: the server copies the object
-            if trainer.is_global_zero:
+            if trainer.is_global_zero and self._fs.isdir(self.best_model_path):  # a folder of shards
+                if self._fs.exists(link):
+                    self._fs.rm(link, recursive=True)
+                self._fs.copy(self.best_model_path, link, recursive=True)  # a new `link`: the folder's files in it
+            elif trainer.is_global_zero:
                 self._fs.copy(self.best_model_path, link)
             trainer.strategy.barrier()
         self._best_linked = self.best_model_path

@@ -116,8 +116,8 @@ class Placement(EntryFiles):
         key, cloud storage) wait next to the journal."""
         if entry.op != "save":
             return
-        if not deferred:  # a remote file on the storage's object store: the server copies it, off training
-            self.copies.start(entry)
+        if not deferred and not self.source(entry).is_dir():  # a remote file on the storage's object store: the
+            self.copies.start(entry)  # server copies it, off training (a folder's copy is uploaded)
         target = self.target(entry)
         if target is None or entry.stored == entry.key or deferred:  # a node without the database may not see
             target = self.staged(entry)  # the storage either: the bytes travel with the checkpoint folder
@@ -138,7 +138,7 @@ class Placement(EntryFiles):
             if not managed or not target.exists():
                 place_file(path, target)
             return target, managed
-        if (copy := copy_target(entry)) is not None and entry.remote is not None and \
+        if (copy := copy_target(entry)) is not None and entry.remote is not None and not path.is_dir() and \
                 (self.copies.copied(entry, copy) or copy_in_cloud(entry.remote, path, copy)):
             return copy, True  # the server copied the remote file: nothing to upload
         return path, False

@@ -7,9 +7,11 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
            'mark_lightning_type', 'write_transaction', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints']
+           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints',
+           'shard_writer']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,3 +151,12 @@ class LastCheckpoints(ModelCheckpoint):
     def last_checkpoints(self, trainer: "pl.Trainer", found: set[str]) -> set[str]:
         "The candidates for `ckpt_path=\"last\"`; `found`: the last checkpoints Lightning found in the folder."
         return found
+
+# %% ../nbs/03_upstream.ipynb #t0rch002
+_SHARD = re.compile(r"__(\d+)_\d+\.distcp")  # torch's `FileSystemWriter`: `__{rank}_{n}.distcp`
+
+
+def shard_writer(name: str) -> int | None:
+    "The rank that wrote the distributed-checkpoint shard file `name`; `None` for another file."
+    match = _SHARD.fullmatch(name)
+    return int(match.group(1)) if match else None

@@ -7,8 +7,9 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 # %% auto #0
 __all__ = ['CHUNK', 'PART_SIZE', 'is_remote', 'local_home', 'remote_copy', 'prune_local_home', 'hash_bytes', 'save_hashed',
            'save_copied', 'fetch_copy', 'save_written', 'stat_before', 'zip_complete', 'finished_since', 'folder_aside',
-           'shard_rank', 'folder_files', 'hash_file_once', 'folder_stats', 'hash_folder', 'hash_folder_on_ranks',
-           'IncompleteFolder', 'folder_problem', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
+           'stage_path', 'saved_files', 'uploaders', 'upload_saved', 'download', 'fetch_on_each_node', 'shard_rank',
+           'folder_files', 'hash_file_once', 'folder_stats', 'hash_folder', 'hash_folder_on_ranks', 'IncompleteFolder',
+           'folder_problem', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
 
 # %% ../nbs/06_writes.ipynb #w71e0004
 import hashlib
@@ -34,6 +35,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 
 from .journal import MANAGED, STAGING, Entry, made_in, remove_bytes
 from .observers import log
+from .upstream import shard_writer
 
 # %% ../nbs/06_writes.ipynb #r3m0te02
 def is_remote(path: Any) -> bool:
@@ -128,11 +130,17 @@ def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
 
 
 def fetch_copy(url: str, copy: Path | None = None) -> Path:
-    "Download the remote file `url` once, to a local copy to publish."
+    "Download the remote file (or folder of shards, see below) `url` once, to a local copy to publish."
     copy = copy or remote_copy(url)
     fs, target = fsspec.core.url_to_fs(url)
     try:
         fs.get_file(target, str(copy))
+    except FileNotFoundError:
+        if not fs.isdir(target):
+            copy.unlink(missing_ok=True)
+            raise
+        copy.unlink()  # a folder: `best.ckpt` of a sharded strategy
+        download(url, copy)
     except BaseException:
         copy.unlink(missing_ok=True)
         raise
@@ -212,6 +220,112 @@ def folder_aside(path: str | Path, mover: bool) -> Iterator[None]:
         os.replace(aside, path)
         raise
     remove_bytes(aside)
+
+# %% ../nbs/06_writes.ipynb #sh4rd002
+def stage_path(url: str) -> Path:
+    """A new local path, not made yet, where a strategy saves the checkpoint of the remote `url` on its way there:
+    next to the remote folder's journal, where its copy waits to be published."""
+    parent, _, name = str(url).rstrip("/").rpartition("/")
+    return local_home(parent) / STAGING / f"{uuid.uuid4().hex[:8]}-{name}"
+
+
+def saved_files(path: Path) -> list[str]:
+    "The files of the checkpoint saved at `path` that this node sees, relative and sorted: `['']` for one file."
+    if path.is_file():
+        return [""]
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+
+
+def uploaders(seen: list[list[str]]) -> dict[str, int]:
+    """The rank that uploads each file, from the files each rank sees (`seen[rank]`): the shard's writer where it sees
+    it, else the lowest rank that sees the file."""
+    owner: dict[str, int] = {}
+    for rank, files in enumerate(seen):
+        for name in files:
+            if name not in owner or shard_writer(PurePosixPath(name).name) == rank:
+                owner[name] = rank
+    return owner
+
+# %% ../nbs/06_writes.ipynb #sh4rd005
+def _all_gather(value: Any) -> list[Any]:
+    "`value` of every rank, in rank order; just this one without a process group."
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def _together(work: Callable[[], None]) -> None:
+    "Run `work` on this rank, then raise on every rank if it failed on any: no rank waits for one that failed."
+    error: BaseException | None = None
+    try:
+        work()
+    except Exception as exc:
+        error = exc
+    failed = [(rank, m) for rank, m in enumerate(_all_gather(None if error is None else f"{type(error).__name__}: "
+                                                                                           f"{error}")) if m]
+    if error is not None:
+        raise error
+    if failed:
+        raise OSError("; ".join(f"rank {rank}: {message}" for rank, message in failed))
+
+
+def _fetch_missing(fs: Any, target: str, local: Path, names: list[str]) -> None:
+    for name in names:
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{target}/{name}", str(local / name))
+
+
+def upload_saved(strategy: Any, local: Path, url: str) -> None:
+    """Upload the checkpoint `strategy` just saved at `local` (the same path on every rank) to the remote `url`:
+    collective. Each rank sends the files it wrote; rank 0 then fetches the files it did not see, so that its `local`
+    holds the whole checkpoint; a rank that does not see rank 0's files (another node) deletes its own."""
+    strategy.barrier()  # every rank's files are written (rank 0 writes Lightning's `meta.pt` after the shards)
+    rank, seen = strategy.global_rank, _all_gather(saved_files(local))
+    fs, target = fsspec.core.url_to_fs(url)
+
+    def clear() -> None:  # a re-save (last.ckpt): no file of the previous one stays
+        if rank == 0 and fs.exists(target):
+            fs.rm(target, recursive=True)
+
+    owners = uploaders(seen)
+
+    def send() -> None:
+        fs.invalidate_cache(target)
+        for name, owner in owners.items():
+            if owner == rank:
+                fs.put_file(str(local / name) if name else str(local), f"{target}/{name}" if name else target)
+
+    _together(clear)
+    _together(send)
+    fs.invalidate_cache(target)  # others wrote there: what this process listed before is stale
+    _together(lambda: _fetch_missing(fs, target, local, sorted(set(owners) - set(seen[0]))) if rank == 0 else None)
+    if rank != 0 and not set(seen[0]) <= set(seen[rank]):  # another node's files: rank 0's copy is published
+        remove_bytes(local)
+
+# %% ../nbs/06_writes.ipynb #sh4rd010
+def download(url: str, local: Path) -> None:
+    "Download the remote file or folder `url` to `local`, complete before it takes that name."
+    fs, target = fsspec.core.url_to_fs(url)
+    partial = local.with_name(f".{uuid.uuid4().hex[:8]}-{local.name}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fs.isfile(target):
+            fs.get_file(target, str(partial))
+        else:
+            _fetch_missing(fs, target, partial, [p[len(target.rstrip("/")) + 1:] for p in fs.find(target)])
+        if not local.exists():  # another node that shares this folder may have been first
+            os.replace(partial, local)
+    finally:
+        remove_bytes(partial)
+
+
+def fetch_on_each_node(strategy: Any, url: str, local: Path) -> None:
+    "Make `local`, rank 0's download of the remote `url`, exist on every node: one download per node. Collective."
+    _together(lambda: download(url, local) if strategy.local_rank == 0 and not local.exists() else None)
 
 # %% ../nbs/06_writes.ipynb #h45hf002
 _SHARD_RANK = re.compile(r"(?:^|/)__(\d+)_\d+\.distcp$|(?:^|/)zero_pp_rank_(\d+)_")  # torch DCP, DeepSpeed ZeRO

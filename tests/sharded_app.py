@@ -2,8 +2,8 @@
 layer, `ModelParallelStrategy(save_distributed_checkpoint=True)`, so each checkpoint is a folder of shards.
 
 `python sharded_app.py DIRPATH [--ckpt-path REF] [--epochs N] [--files-only] [--refuse-from-epoch N]
-[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--async-publish] [--die-at-save N --die-rank R] [--count-hashing FILE]`;
-refuses every non-loopback connection. `fsdp`
+[--strategy model_parallel|fsdp|deepspeed] [--save-best] [--async-publish] [--die-at-save N --die-rank R] [--count-hashing FILE]
+[--record-uploads FILE] [--storage URI]`; refuses every non-loopback connection. `fsdp`
 (`FSDPStrategy(state_dict_type="sharded")`) and `deepspeed` need CUDA, on every GPU there is (at most 2). `--refuse-from-epoch` injects a fault: from that training epoch on, every `Artifact.save`
 raises, as a store that refuses writes to the end of the fit. `--die-at-save N --die-rank R` (a fault): rank R SIGKILLs
 itself right after writing its shard of the N-th save. `--count-hashing FILE` writes to FILE.RANK how many times lamindb's
@@ -88,6 +88,22 @@ def count_hashing(path: str) -> None:
     atexit.register(lambda: open(path, "w").write(json.dumps(seen)))
 
 
+def record_uploads(path: str) -> None:
+    "Append `rank remote-path` to `path` for each file this process uploads through s3fs (a spy: it still uploads)."
+    import os
+
+    import s3fs
+
+    put_file = s3fs.S3FileSystem._put_file
+
+    async def recorded(self, lpath, rpath, *args, **kwargs):
+        with open(path, "a") as file:
+            file.write(f"{os.environ.get('LOCAL_RANK', '0')} {rpath}\n")
+        return await put_file(self, lpath, rpath, *args, **kwargs)
+
+    s3fs.S3FileSystem._put_file = recorded
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dirpath")
@@ -100,12 +116,22 @@ def main() -> None:
     parser.add_argument("--die-at-save", type=int)
     parser.add_argument("--die-rank", type=int, default=1)
     parser.add_argument("--count-hashing")
+    parser.add_argument("--record-uploads", help="append `rank path` of each s3fs upload to this file")
+    parser.add_argument("--storage", help="the instance's storage location to write to (an S3 one the test made)")
     parser.add_argument("--strategy", choices=["model_parallel", "fsdp", "deepspeed"], default="model_parallel")
     args = parser.parse_args()
     if args.die_at_save is not None:
         die_at_save(args.die_at_save, args.die_rank)
     if args.count_hashing is not None:  # one file per rank
         count_hashing(f"{args.count_hashing}.{__import__('os').environ.get('LOCAL_RANK', '0')}")
+    if args.record_uploads:
+        record_uploads(args.record_uploads)
+    if args.storage:
+        import lamindb as ln
+        import lamindb_setup as ln_setup
+
+        ln_setup.settings.instance._is_on_hub = False  # test only: lamindb asks the hub before it uses cloud storage
+        ln.settings.storage = args.storage
     accelerator, devices, model = "cpu", 2, ShardedModel(hidden=8)
     if args.strategy == "model_parallel":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1,

@@ -112,3 +112,20 @@ def test_ckpt_path_last_asks_find_last_checkpoints_before_setup(tmp_path) -> Non
     path = trainer._checkpoint_connector._parse_ckpt_path(TrainerFn.FITTING, "last", model_provided=True,
                                                           model_connected=True)
     assert path == str(elsewhere) and len(asked) == 1
+
+
+def test_distributed_checkpoint_names_each_shard_by_its_writer(tmp_path) -> None:
+    """torch's `FileSystemWriter` names a rank's shard files `__{rank}_{n}.distcp` (what `upstream.shard_writer` reads
+    to let each rank upload its own shards); a save on one process, without a process group, writes rank 0's."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from lamin_lightning.upstream import shard_writer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled, unavailable or uninitialized"
+        dcp.save({"weights": torch.arange(4.0)}, checkpoint_id=tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".metadata", "__0_0.distcp"], names
+    assert [shard_writer(n) for n in names] == [None, 0]

@@ -255,6 +255,49 @@ def remote_dirpath_main() -> None:
         cwd_left=sorted(p.name for p in root.iterdir()), network_attempts=len(guard.attempts))), flush=True)
 
 
+def sharded_storage_main() -> None:
+    """An instance whose storage is S3, and `dirpath=s3://runs/cloudsharded` with the 2-rank sharded fit: lamindb
+    uploads each folder artifact from rank 0's local copy; a resume by reference downloads it into the cache."""
+    import tempfile
+
+    from lamin_lightning.testing import NetworkGuard, init_local_instance, isolate_settings
+
+    isolate_settings(tempfile.mkdtemp())
+    guard = NetworkGuard().install()
+    root = Path.cwd()
+    init_local_instance(root / "storage")
+    import lamindb as ln
+    import lamindb_setup as ln_setup
+
+    ln_setup.settings.instance._is_on_hub = False  # test only: lamindb asks the hub before adding cloud storage
+    uri = f"s3://ckpts?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
+    ln.Storage(root=uri).save()
+    ln.settings.storage = uri
+    import lamin_lightning as ll
+
+    ll.save_lightning_features()
+    url = "s3://runs/cloudsharded"
+
+    def fit(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, str(SHARDED_APP), *args, "--storage", uri], cwd=root, capture_output=True, text=True,
+                              timeout=300, env={**os.environ, "MASTER_PORT": str(free_port())})
+        assert done.returncode == 0, done.stderr[-4000:]
+        return done
+
+    first = fit(url)
+    artifacts = ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")
+    stored = {a.key.rsplit("/", 1)[1]: dict(path=str(a.path), n_files=a.n_files, size=a.size) for a in artifacts}
+    import shutil
+
+    shutil.rmtree(ln_setup.settings.cache_dir)  # as on another machine: nothing cached yet
+    again = fit(str(root / "resumed"), "--ckpt-path", f"lamin://{url}/checkpoints@last", "--epochs", "4")
+    cache = Path(ln_setup.settings.cache_dir)
+    print(RESULT + json.dumps(dict(
+        stored=stored, errors=[line for line in first.stderr.splitlines() if "lamin_lightning:" in line],
+        resumed=again.stdout, cached=sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()),
+        network_attempts=len(guard.attempts))), flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -387,5 +430,180 @@ def test_remote_dirpath(s3: dict) -> None:
     assert "lost" not in done.stderr and "cannot be published" not in done.stderr
 
 
+SHARDED_APP = Path(__file__).with_name("sharded_app.py")
+SHARDS = [".metadata", "__0_0.distcp", "__1_0.distcp", "meta.pt"]
+
+
+def sharded_env(s3: dict) -> dict[str, str]:
+    "This process's instance, the S3 server, and a cache of its own (where a remote folder's journal and copies wait)."
+    return {**s3["env"], **{k: v for k, v in os.environ.items() if k.startswith("LAMIN_")},
+            "MASTER_PORT": str(free_port()), "LAMIN_CACHE_DIR": str(s3["folder"] / "cache")}
+
+
+def s3_folders(s3: dict, prefix: str) -> dict[str, dict[str, str]]:
+    "`{folder: {file: md5}}` of the objects under `prefix/` in the bucket `runs`."
+    import boto3
+    import hashlib
+
+    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    objects: dict[str, dict[str, str]] = collections.defaultdict(dict)
+    for o in client.list_objects_v2(Bucket="runs", Prefix=f"{prefix}/").get("Contents", []):
+        folder, name = o["Key"].removeprefix(f"{prefix}/").split("/", 1)
+        objects[folder][name] = hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"].read()).hexdigest()
+    return dict(objects)
+
+
+def folder_md5(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def run_sharded(s3: dict, cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    "A 2-process model-parallel fit (`sharded_app.py`) against this process's instance and the S3 server."
+    done = subprocess.run([sys.executable, str(SHARDED_APP), *args], cwd=cwd, env=sharded_env(s3), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "distributed_backend=gloo" in done.stderr  # really two processes
+    return done
+
+
+@pytest.mark.slow
+def test_remote_dirpath_sharded(s3: dict, tmp_path: Path) -> None:
+    """`dirpath="s3://runs/sharded"` with `ModelParallelStrategy(data_parallel_size=2)` on 2 gloo ranks, a local-storage
+    instance, `save_top_k=2`, `save_last`, `save_best`, 3 epochs: S3 holds each kept folder's 4 files (each sent once
+    per save), the evicted folder is gone from S3 and LaminDB, LaminDB holds one folder artifact per kept folder with
+    the same bytes, nothing stays in a local folder; a resume by `lamin://` reference into a new local folder starts
+    at step 6."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import lamindb as ln
+
+    url = "s3://runs/sharded"
+    start = len(s3["log"].read_text())
+    uploads = tmp_path / "uploads.txt"
+    done = run_sharded(s3, tmp_path, url, "--save-best", "--record-uploads", str(uploads))
+    assert "Could not store" not in done.stderr and "could not record" not in done.stderr, done.stderr[-3000:]
+    objects = s3_folders(s3, "sharded")
+    kept = {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt", "best.ckpt"}
+    assert set(objects) == kept, sorted(objects)  # epoch 0's folder, evicted, is gone from S3
+    assert all(sorted(files) == SHARDS for files in objects.values()), objects
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == kept  # one artifact per kept folder, under Lightning's name; none for the evicted one
+    for name, artifact in artifacts.items():
+        stored = Path(artifact.path)
+        assert artifact.n_files == 4 and artifact.kind == "model", (name, artifact.n_files)
+        assert artifact.size == sum(p.stat().st_size for p in stored.iterdir())
+        assert folder_md5(stored) == objects[name]
+    values = {n: a.features.get_values() for n, a in artifacts.items()}
+    assert [n for n, v in values.items() if v["is_last_model"]] == ["last.ckpt"]
+    assert [n for n, v in values.items() if v["is_best_model"]] == ["epoch=2-step=6.ckpt"]
+    assert sorted(v["model_rank"] for v in values.values() if v.get("model_rank") is not None) == [0, 1]
+    log = s3["log"].read_text()[start:]
+    puts = collections.Counter(re.findall(r'"PUT /runs/sharded/([^/\s]+)/(\S+) HTTP', log))
+    for folder in ("epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt"):
+        assert [puts[(folder, shard)] for shard in SHARDS] == [1] * 4, puts  # each file sent once
+    assert [puts[("last.ckpt", shard)] for shard in SHARDS] == [3] * 4, puts  # once per save of last.ckpt
+    assert [puts[("epoch=0-step=2.ckpt", shard)] for shard in SHARDS] == [1] * 4, puts  # sent, then evicted from S3
+    # each rank sent the shard it wrote, rank 0 the metadata: the uploads of a save run on both ranks at once
+    sent = collections.defaultdict(set)
+    for line in uploads.read_text().splitlines():
+        rank, path = line.split(" ", 1)
+        sent[path.rsplit("/", 1)[1]].add(int(rank))
+    assert dict(sent) == {".metadata": {0}, "__0_0.distcp": {0}, "__1_0.distcp": {1}, "meta.pt": {0}}, dict(sent)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith("s3:")]  # no local `s3:` folder
+    home = s3["folder"] / "cache" / "lamin_lightning" / "s3" / "runs" / "sharded"  # its journal's home (`local_home`)
+    assert (s3["folder"] / "cache").is_dir()
+    assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))  # no copy left once published
+    # the way back: the folder artifact, by reference, on both ranks of a new fit into a local folder
+    resumed = tmp_path / "resumed"
+    again = run_sharded(s3, tmp_path, str(resumed), "--ckpt-path", f"lamin://{url}/checkpoints@last", "--epochs", "4")
+    assert "global_step=8" in again.stdout, again.stdout  # step 6 restored, then one epoch of 2 steps
+    assert {p.name for p in resumed.glob("*.ckpt")} == {"epoch=3-step=8.ckpt", "last.ckpt"}
+    assert artifacts["last.ckpt"] in ln.Artifact.get(key=f"{resumed}/checkpoints/last.ckpt").run.input_artifacts.all()
+
+
+
+@pytest.mark.slow
+def test_remote_dirpath_model_parallel_files(s3: dict, tmp_path: Path) -> None:
+    """`ModelParallelStrategy(save_distributed_checkpoint=False)` into `s3://…`: one file per checkpoint, saved by rank 0
+    through the CheckpointIO at the local staging path, then uploaded; each kept file is an artifact with the bytes
+    and hash of S3's object."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import boto3
+    import hashlib
+    import lamindb as ln
+    from lamindb_setup.core.hashing import hash_file
+
+    url = "s3://runs/files"
+    run_sharded(s3, tmp_path, url, "--files-only")
+    client = boto3.client("s3", endpoint_url=s3["env"]["AWS_ENDPOINT_URL"], aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+    objects = {o["Key"].removeprefix("files/"): hashlib.md5(client.get_object(Bucket="runs", Key=o["Key"])["Body"]
+                                                              .read()).hexdigest()
+               for o in client.list_objects_v2(Bucket="runs", Prefix="files/")["Contents"]}
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == set(objects) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}, objects
+    for name, artifact in artifacts.items():
+        path = Path(artifact.path)
+        assert path.is_file() and hashlib.md5(path.read_bytes()).hexdigest() == objects[name], name
+        assert (artifact.size, artifact.hash) == hash_file(path)[:2], name
+
+
+@pytest.mark.slow
+def test_remote_sharded_with_s3_storage(s3: dict) -> None:
+    """A remote folder of shards and an instance whose storage is S3: each kept folder is one folder artifact in the
+    storage (4 files, as many objects), and a resume by reference on both ranks downloads it once into the cache."""
+    done, result = run_child(s3, "sharded_storage")
+    assert result["network_attempts"] == 0
+    assert result["errors"] == [], result["errors"]
+    stored = result["stored"]
+    assert set(stored) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}, stored
+    assert {n: sorted(f) for n, f in s3_folders(s3, "cloudsharded").items()} == {n: SHARDS for n in stored}
+    log = s3["log"].read_text()
+    for name, artifact in stored.items():
+        assert artifact["path"].startswith("s3://ckpts/.lamindb/") and artifact["n_files"] == 4, (name, artifact)
+        key = artifact["path"].removeprefix("s3://ckpts/")
+        assert sorted(set(re.findall(rf'"PUT /ckpts/{re.escape(key)}/(\S+) HTTP', log))) == SHARDS, name
+    assert "global_step=8" in result["resumed"], result["resumed"]
+    cached = [p for p in result["cached"] if "runs/cloudsharded/" in p]  # lamindb's cache path holds the key
+    assert sorted(cached) == [f"ckpts/s3:/runs/cloudsharded/checkpoints/last.ckpt/{n}" for n in SHARDS], cached
+    last = stored["last.ckpt"]["path"].removeprefix("s3://ckpts/")
+    gets = collections.Counter(re.findall(rf'"GET /ckpts/{re.escape(last)}/(\S+) HTTP', log))
+    assert gets == {name: 1 for name in SHARDS}, gets  # downloaded once, for both ranks
+
+
+@pytest.mark.slow
+def test_remote_sharded_refused_then_synced(s3: dict, tmp_path: Path) -> None:
+    """The same remote fit with every `Artifact.save` refused from epoch 0 (a fault injected): every folder waits in
+    the journal in LaminDB's cache, with its local copy; `lamin-lightning sync s3://…` then publishes the kept folders,
+    complete, and prints as published exactly what LaminDB holds."""
+    from lamin_lightning.testing import use_test_instance
+
+    use_test_instance()
+    import lamindb as ln
+
+    url = "s3://runs/refused"
+    done = run_sharded(s3, tmp_path, url, "--refuse-from-epoch", "0")
+    assert "Could not store" in done.stderr and "IsADirectoryError" not in done.stderr, done.stderr[-3000:]
+    assert ln.Artifact.filter(key__startswith=f"{url}/checkpoints/").count() == 0
+    home = s3["folder"] / "cache" / "lamin_lightning" / "s3" / "runs" / "refused"
+    assert len(list((home / ".lamin_lightning").glob("*.jsonl"))) == 1  # the journal waits in the cache
+    synced = subprocess.run([str(Path(sys.executable).with_name("lamin-lightning")), "sync", url], env=sharded_env(s3),
+                            capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    objects = s3_folders(s3, "refused")
+    artifacts = {a.key.rsplit("/", 1)[1]: a for a in ln.Artifact.filter(key__startswith=f"{url}/checkpoints/")}
+    assert set(artifacts) == set(objects) == {"epoch=1-step=4.ckpt", "epoch=2-step=6.ckpt", "last.ckpt"}
+    for name, artifact in artifacts.items():
+        assert artifact.n_files == 4 and folder_md5(Path(artifact.path)) == objects[name], name
+    assert synced.stdout.splitlines()[-1].startswith("published 3; 2 skipped"), synced.stdout
+    assert not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))  # nothing left in the cache
+
+
 if __name__ == "__main__":
-    {"storage": child_main, "dirpath": remote_dirpath_main}[sys.argv[1]]()
+    {"storage": child_main, "dirpath": remote_dirpath_main, "sharded_storage": sharded_storage_main}[sys.argv[1]]()
