@@ -105,7 +105,9 @@ def main() -> None:
         print(f"{name:<16}{empty[name] * 1000:>10.2f}{full[name] * 1000:>10.2f}{full[name] / empty[name]:>7.2f}x{again}")
     from django.db import connection
 
-    query = ln.Artifact.filter(is_best_model=True).filter(key__startswith=f"{full_prefix}/").order_by("-created_at", "-id")
+    from lamin_lightning.features import key_under
+
+    query = ln.Artifact.filter(is_best_model=True).filter(key_under(f"{full_prefix}/")).order_by("-created_at", "-id")
     sql, params = query.query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN QUERY PLAN {sql}", params)
