@@ -7,7 +7,8 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
            'mark_lightning_type', 'write_transaction', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints']
+           'update_json_links', 'delete_artifact', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path',
+           'LastCheckpoints']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
 from collections.abc import Callable, Iterator, Sequence
@@ -113,6 +114,17 @@ def update_json_links(feature_id: int, links: Sequence[tuple[int, int]]) -> set[
             if cursor.rowcount == len(chunk):
                 updated.update(a for a, _ in chunk)
     return updated
+
+# %% ../nbs/03_upstream.ipynb #ab063242
+def delete_artifact(artifact: ln.Artifact, storage: bool) -> None:
+    """`artifact.delete(permanent=True, storage=storage)`, without lamindb's search for a new latest version when
+    `artifact` is the first and latest of its family (uid suffix `0000`): the only version on its branch, so there is
+    none to promote. lamindb 2.12 finds one with an unindexable `uid LIKE 'stem%'` ordered by `created_at`, which reads
+    every artifact of the instance (73 ms a deletion at 100,000 artifacts, `bench/instance_size.py`). Not for a folder
+    whose versions share one store (`_overwrite_versions`): there lamindb reads `is_latest` to decide what to delete."""
+    if artifact.is_latest and artifact.uid.endswith("0000") and not artifact._overwrite_versions:
+        artifact.is_latest = False  # in memory only: the row is deleted below
+    artifact.delete(permanent=True, storage=storage)
 
 # %% ../nbs/03_upstream.ipynb #80be6352
 def inner_io(async_io: Any) -> Any:
