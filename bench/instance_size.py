@@ -5,7 +5,8 @@ bench's fit in it ("empty"): a fit of a tiny model with a save at every step (`s
 inline), then `lamin://<prefix>@best`, `@last`, a key, and `ll.checkpoints(prefix)`, each timed many times. Then
 `--artifacts` checkpoint artifacts (default 100,000) are bulk-inserted with raw SQL (the bench measures our queries,
 not lamindb's insert path): copies of one of the fit's checkpoints with their feature values, 1 in 100 flagged best
-and last as a finished fit's would be, under keys `<root>/filler/v<k>/checkpoints/...` that share the prefix of ours.
+and last as a finished fit's would be, under keys `<root>/filler/v<k>/checkpoints/...` that share the prefix of ours,
+all newer than the first fit (a year of other fits since).
 The same fit and queries run again ("full") and the bench prints each median and the ratio full / empty (target <=
 1.2x), with SQLite's plan for the `@best` query.
 
@@ -64,7 +65,8 @@ def fill(root: Path, template_prefix: str, n: int) -> None:
     with connection.cursor() as cursor:
         columns = [c.name for c in connection.introspection.get_table_description(cursor, art) if c.name != "id"]
         made = {"uid": "printf('f%015d0000', n)", "key": f"printf('{root}/filler/v%05d/checkpoints/epoch=0-step=%d.ckpt', n / 100, n)",
-                "hash": "printf('h%021d', n)", "is_latest": "1"}
+                "hash": "printf('h%021d', n)", "is_latest": "1",
+                "created_at": "strftime('%Y-%m-%d %H:%M:%f', 'now')", "updated_at": "strftime('%Y-%m-%d %H:%M:%f', 'now')"}
         select = ", ".join(made.get(c, f'"{c}"') for c in columns)
         quoted = ", ".join(f'"{c}"' for c in columns)
         start = ln.Artifact.objects.order_by("-id").first().id
