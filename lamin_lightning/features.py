@@ -7,7 +7,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/features.html.md"""
 # %% auto #0
 __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', 'NO_INSTANCE_MESSAGE', 'save_lightning_features',
            'parse_feature_spec', 'coerce_value', 'FitFeatures', 'NamedFeature', 'features_by_name', 'ValueWriter',
-           'NoInstance', 'require_instance', 'database_reachable']
+           'key_under', 'NoInstance', 'require_instance', 'database_reachable']
 
 # %% ../nbs/04_features.ipynb #ec56ea34
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +16,7 @@ from typing import Any, Final, Literal, cast
 
 import lamindb as ln
 import lamindb_setup as ln_setup
+from django.db.models import Q
 
 from .upstream import mark_lightning_type, update_json_links
 
@@ -223,6 +224,16 @@ class ValueWriter:
             ln.models.ArtifactJsonValue.objects.bulk_create(
                 [ln.models.ArtifactJsonValue(artifact_id=a, jsonvalue_id=self.value_id(feature, new_values[a]))
                  for a in missing if a not in present])
+
+# %% ../nbs/04_features.ipynb #b8582400
+def key_under(prefix: str) -> Q:
+    "The filter of artifacts whose key starts with `prefix`, in a shape that SQLite answers from its index on `key`."
+    from django.db import connection
+
+    under = Q(key__startswith=prefix)
+    if connection.vendor == "sqlite" and prefix:
+        under &= Q(key__gte=prefix, key__lt=prefix + "\U0010ffff")  # UTF-8 bytes: nothing after the prefix sorts higher
+    return under
 
 # %% ../nbs/04_features.ipynb #fe225790
 NO_INSTANCE_MESSAGE: Final = (

@@ -21,7 +21,7 @@ import lamindb_setup as ln_setup
 from fsspec.spec import AbstractFileSystem
 from typing_extensions import TypeGuard, override
 
-from .features import database_reachable, require_instance
+from .features import database_reachable, key_under, require_instance
 from .upstream import wrap_cli_ckpt_path
 
 # %% ../nbs/07_references.ipynb #f6a00008
@@ -92,7 +92,7 @@ def resolve(reference: str | Reference) -> ln.Artifact:
                 f"@{ref.selector}: call `lamin_lightning.save_lightning_features()` once, and the fits after it flag "
                 "their checkpoints; until then, use a checkpoint's key or uid.")
         flagged = ln.Artifact.filter(**{flag: True})  # lamindb reads a filter as features only if its first key is one
-        found = flagged.filter(key__startswith=f"{ref.target}/").order_by("-created_at", "-id")
+        found = flagged.filter(key_under(f"{ref.target}/")).order_by("-created_at", "-id")
         return _one(ref, list(found[:1]), f"{flag}=True under the key prefix {ref.target + '/'!r}")
     by_key = list(ln.Artifact.filter(key=ref.target).order_by("-created_at", "-id")[:1])
     by_uid: list[ln.Artifact] = []
@@ -113,7 +113,7 @@ def _hint(ref: Reference) -> str:
         near = difflib.get_close_matches(word, list(_SELECTORS), n=1, cutoff=0.5)
         meant = f" (did you mean lamin://{target.rstrip('/')}@{near[0]}?)" if near else ""
         return f" '@{word}' is not a selector: the selectors are @best and @last{meant}."
-    if ln.Artifact.filter(key__startswith=f"{ref.target.rstrip('/')}/").exists():
+    if ln.Artifact.filter(key_under(f"{ref.target.rstrip('/')}/")).exists():
         return (f" It is a key prefix: add a selector to pick one of the artifacts under it, "
                 f"lamin://{ref.target.rstrip('/')}@best or @last.")
     return ""

@@ -23,7 +23,7 @@ import lamindb_setup as ln_setup
 from .features import ValueWriter, coerce_value, features_by_name
 from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file, remove_bytes
 from .observers import log
-from .upstream import is_adding, new_artifact, set_run_status, write_transaction
+from .upstream import delete_artifact, is_adding, new_artifact, set_run_status, write_transaction
 from .writes import (IncompleteFolder, ServerCopies, copy_in_cloud, copy_target, folder_problem, hash_folder,
                                     is_remote)
 
@@ -263,7 +263,7 @@ class EntryArtifacts(Placement):
         artifact = ln.Artifact.objects.filter(id=artifact_id).first() if artifact_id is not None else None
         if artifact is not None:
             with quiet_lamindb(self.verbose), write_transaction():
-                artifact.delete(permanent=True, storage=not keep_file)
+                delete_artifact(artifact, storage=not keep_file)
         return artifact
 
 # %% ../nbs/09_store.ipynb #7a1c2e3f

@@ -15,7 +15,7 @@ import lamindb as ln
 import pandas as pd
 from django.db.models import Q
 
-from .features import FEATURE_TYPE, require_instance
+from .features import FEATURE_TYPE, key_under, require_instance
 
 # %% ../nbs/15_table.ipynb #a10b0008
 COLUMNS = ["key", "uid", "epoch", "step", "score", "model_rank", "is_best_model", "is_last_model", "size",
@@ -33,7 +33,7 @@ def checkpoints(prefix: str | None = None, *, run: ln.Run | str | None = None) -
     require_instance("before listing checkpoints")
     artifacts = ln.Artifact.filter(Q(suffix=".ckpt") | Q(suffix="", key__endswith=".ckpt"))  # folders have no suffix
     if prefix is not None:
-        artifacts = artifacts.filter(key__startswith=prefix.rstrip("/") + "/")
+        artifacts = artifacts.filter(key_under(prefix.rstrip("/") + "/"))
     if run is not None:
         artifacts = artifacts.filter(run__uid=run if isinstance(run, str) else run.uid)
     rows = pd.DataFrame.from_records(
@@ -60,7 +60,7 @@ def _nearest_prefixes(prefix: str, n: int = 3) -> list[str]:
     parts, keys = prefix.rstrip("/").split("/"), []
     for depth in range(len(parts) - 1, -1, -1):  # `logs/quickstart/versio`: `logs/quickstart/`, then `logs/`, ...
         base = "/".join(parts[:depth])
-        found = ln.Artifact.filter(suffix=".ckpt", key__startswith=f"{base}/" if base else "")
+        found = ln.Artifact.filter(key_under(f"{base}/" if base else ""), suffix=".ckpt")
         if keys := list(found.values_list("key", flat=True)[:2000]):
             break
     candidates = {"/".join(key.split("/")[:i]) for key in keys for i in range(1, key.count("/") + 1)} - {""}

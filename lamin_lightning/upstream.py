@@ -7,8 +7,8 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
            'mark_lightning_type', 'write_transaction', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints',
-           'shard_writer']
+           'update_json_links', 'delete_artifact', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path',
+           'LastCheckpoints', 'shard_writer']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
 import re
@@ -92,26 +92,40 @@ def close_thread_connection() -> None:
 # %% ../nbs/03_upstream.ipynb #1eda503f
 def update_json_links(feature_id: int, links: Sequence[tuple[int, int]]) -> set[int]:
     """Point the link of each artifact in `links` (`(artifact id, JsonValue id)`) to its value of `feature_id` at the
-    new value: one UPDATE per 300 artifacts. Returns the artifacts whose link was updated (all of a batch, or none)."""
+    new value: one UPDATE per 400 artifacts, joined to a `VALUES` list. Each row is found through the `artifact_id`
+    index and its value's feature checked by primary key, so a save costs O(changes) whatever the history: with
+    `jsonvalue_id IN (the feature's values)` SQLite probed the unique `(artifact_id, jsonvalue_id)` index once per
+    value of the feature (a rank or score feature has one per checkpoint), O(N²) as ranks shift. Returns the
+    artifacts whose link was updated (all of a batch, or none)."""
     from django.db import connection
 
     table = ln.models.ArtifactJsonValue._meta.db_table
     values = ln.models.JsonValue._meta.db_table
     updated: set[int] = set()
-    for start in range(0, len(links), 300):  # stay below SQLite's limit of bound parameters
-        chunk = links[start:start + 300]
-        cases = " ".join("WHEN %s THEN %s" for _ in chunk)
-        ids = [a for a, _ in chunk]
+    for start in range(0, len(links), 400):  # 801 parameters: below SQLite's oldest limit of bound parameters (999)
+        chunk = links[start:start + 400]
+        rows = ", ".join(["(%s, %s)"] * len(chunk))
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {table} SET jsonvalue_id = CASE artifact_id {cases} END "
-                f"WHERE artifact_id IN ({', '.join(['%s'] * len(ids))}) "
-                f"AND jsonvalue_id IN (SELECT id FROM {values} WHERE feature_id = %s)",
-                [*(x for pair in chunk for x in pair), *ids, feature_id],
+                f"UPDATE {table} SET jsonvalue_id = new.column2 FROM (VALUES {rows}) AS new "
+                f"WHERE {table}.artifact_id = new.column1 "
+                f"AND (SELECT feature_id FROM {values} WHERE {values}.id = {table}.jsonvalue_id) = %s",
+                [*(x for pair in chunk for x in pair), feature_id],
             )
             if cursor.rowcount == len(chunk):
-                updated.update(ids)
+                updated.update(a for a, _ in chunk)
     return updated
+
+# %% ../nbs/03_upstream.ipynb #ab063242
+def delete_artifact(artifact: ln.Artifact, storage: bool) -> None:
+    """`artifact.delete(permanent=True, storage=storage)`, without lamindb's search for a new latest version when
+    `artifact` is the first and latest of its family (uid suffix `0000`): the only version on its branch, so there is
+    none to promote. lamindb 2.12 finds one with an unindexable `uid LIKE 'stem%'` ordered by `created_at`, which reads
+    every artifact of the instance (73 ms a deletion at 100,000 artifacts, `bench/instance_size.py`). Not for a folder
+    whose versions share one store (`_overwrite_versions`): there lamindb reads `is_latest` to decide what to delete."""
+    if artifact.is_latest and artifact.uid.endswith("0000") and not artifact._overwrite_versions:
+        artifact.is_latest = False  # in memory only: the row is deleted below
+    artifact.delete(permanent=True, storage=storage)
 
 # %% ../nbs/03_upstream.ipynb #80be6352
 def inner_io(async_io: Any) -> Any:

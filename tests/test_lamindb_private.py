@@ -142,3 +142,38 @@ def test_lightning_feature_type_carries_lamindb_marker() -> None:
 
     feature_type = ln.Feature.get(name="lamindb.lightning", is_type=True)
     assert feature_type._dtype_str == "__lamindb_lightning__"
+
+
+def test_delete_artifact_skips_the_version_search() -> None:
+    """`upstream.delete_artifact`: with `is_latest` cleared in memory, lamindb's `delete` of the first and only version
+    sends no `uid LIKE` search for a successor, and still deletes the row and its bytes; a later version is promoted
+    as before when the latest of a family of two goes."""
+    root = use_test_instance()
+    import lamindb as ln
+
+    from lamin_lightning.upstream import delete_artifact, statements_wrapped
+
+    path = root / "private-delete.ckpt"
+    path.write_bytes(b"only version")
+    artifact = ln.Artifact(path, key="private/delete.ckpt").save()
+    assert artifact.uid.endswith("0000") and artifact.is_latest and not artifact._overwrite_versions
+    stored = artifact.path
+    seen: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with statements_wrapped(record):
+        delete_artifact(artifact, storage=True)
+    assert not any('"uid" LIKE' in sql for sql in seen), seen
+    assert not ln.Artifact.filter(key="private/delete.ckpt").exists() and not stored.exists()
+
+    first = root / "private-family.ckpt"
+    first.write_bytes(b"v1")
+    v1 = ln.Artifact(first, key="private/family.ckpt").save()
+    first.write_bytes(b"v2")
+    v2 = ln.Artifact(first, key="private/family.ckpt").save()
+    assert v2.uid[:16] == v1.uid[:16] and not v2.uid.endswith("0000")
+    delete_artifact(v2, storage=True)  # not the first version: lamindb promotes v1
+    assert ln.Artifact.get(id=v1.id).is_latest
