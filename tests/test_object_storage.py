@@ -14,22 +14,22 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 RESULT = "LAMIN_LIGHTNING_S3_RESULT "
 
 
-def child_main() -> None:
-    import re
-    import shutil
+def s3_storage_instance(root: Path) -> tuple[Any, str]:
+    """In a child: a new local instance under `root` whose storage is the moto bucket `ckpts`; the network guard (only
+    loopback, the S3 server, may be reached) and the storage's URI."""
     import tempfile
 
     from lamin_lightning.testing import NetworkGuard, init_local_instance, isolate_settings
 
     isolate_settings(tempfile.mkdtemp())
-    guard = NetworkGuard().install()  # only loopback (the S3 server) may be reached
-    root = Path.cwd()
+    guard = NetworkGuard().install()
     init_local_instance(root / "storage")
     import lamindb as ln
     import lamindb_setup as ln_setup
@@ -38,6 +38,17 @@ def child_main() -> None:
     uri = f"s3://ckpts?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
     ln.Storage(root=uri).save()
     ln.settings.storage = uri
+    return guard, uri
+
+
+def child_main() -> None:
+    import re
+    import shutil
+
+    root = Path.cwd()
+    guard, uri = s3_storage_instance(root)  # before anything imports lamindb
+    import lamindb as ln
+    import lamindb_setup as ln_setup
 
     import lamin_lightning as ll
     from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer
@@ -258,21 +269,10 @@ def remote_dirpath_main() -> None:
 def sharded_storage_main() -> None:
     """An instance whose storage is S3, and `dirpath=s3://runs/cloudsharded` with the 2-rank sharded fit: lamindb
     uploads each folder artifact from rank 0's local copy; a resume by reference downloads it into the cache."""
-    import tempfile
-
-    from lamin_lightning.testing import NetworkGuard, init_local_instance, isolate_settings
-
-    isolate_settings(tempfile.mkdtemp())
-    guard = NetworkGuard().install()
     root = Path.cwd()
-    init_local_instance(root / "storage")
+    guard, uri = s3_storage_instance(root)  # before anything imports lamindb
     import lamindb as ln
     import lamindb_setup as ln_setup
-
-    ln_setup.settings.instance._is_on_hub = False  # test only: lamindb asks the hub before adding cloud storage
-    uri = f"s3://ckpts?endpoint_url={os.environ['AWS_ENDPOINT_URL']}"
-    ln.Storage(root=uri).save()
-    ln.settings.storage = uri
     import lamin_lightning as ll
 
     ll.save_lightning_features()
