@@ -1,4 +1,4 @@
-"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local and remote files, and sharded checkpoint folders, hashed as they are written, and the server's copies.
+"""From Lightning's hand-off of a checkpoint to a complete file with its hash, ready to publish: local and remote files, hashed as they are written, whether a file is complete, and the server's copies.
 
 Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
@@ -6,21 +6,16 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/writes.html.md"""
 
 # %% auto #0
 __all__ = ['CHUNK', 'PART_SIZE', 'is_remote', 'local_home', 'remote_copy', 'prune_local_home', 'hash_bytes', 'save_hashed',
-           'save_copied', 'fetch_copy', 'save_written', 'stat_before', 'zip_complete', 'finished_since', 'folder_aside',
-           'stage_path', 'saved_files', 'uploaders', 'upload_saved', 'download', 'fetch_on_each_node', 'shard_rank',
-           'folder_files', 'hash_file_once', 'folder_stats', 'hash_folder', 'hash_folder_on_ranks', 'IncompleteFolder',
-           'folder_problem', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
+           'save_copied', 'fetch_copy', 'save_written', 'fetch_files', 'download', 'stat_before', 'zip_complete',
+           'finished_since', 's3_etags', 'copy_target', 'copy_in_cloud', 'ServerCopies']
 
 # %% ../nbs/06_writes.ipynb #w71e0004
 import hashlib
 import io
 import os
-import re
 import struct
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
@@ -29,13 +24,12 @@ import lamindb_setup as ln_setup
 import torch
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
-from lamindb_setup.core.hashing import HASH_LENGTH, hash_from_hashes_list, to_b64_str
+from lamindb_setup.core.hashing import HASH_LENGTH, to_b64_str
 from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 
 from .journal import MANAGED, STAGING, Entry, made_in, remove_bytes
 from .observers import log
-from .upstream import shard_writer
 
 # %% ../nbs/06_writes.ipynb #r3m0te02
 def is_remote(path: Any) -> bool:
@@ -156,6 +150,30 @@ def save_written(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path
     settle(str(path))
     return save_copied(io_, checkpoint, str(path), storage_options)
 
+# %% ../nbs/06_writes.ipynb #f6a00047
+def fetch_files(fs: Any, target: str, local: Path, names: list[str]) -> None:
+    "Download the files `names` of the remote folder `target` (on `fs`) into the local folder `local`."
+    for name in names:
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(f"{target}/{name}", str(local / name))
+
+
+def download(url: str, local: Path) -> None:
+    "Download the remote file or folder `url` to `local`, complete before it takes that name."
+    fs, target = fsspec.core.url_to_fs(url)
+    partial = local.with_name(f".{uuid.uuid4().hex[:8]}-{local.name}")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fs.isfile(target):
+            fs.get_file(target, str(partial))
+        else:
+            fetch_files(fs, target, partial, [p[len(target.rstrip("/")) + 1:] for p in fs.find(target)])
+        if not local.exists():  # another node that shares this folder may have been first
+            os.replace(partial, local)
+    finally:
+        remove_bytes(partial)
+
+
 # %% ../nbs/06_writes.ipynb #t0rn0002
 def _marker(path: Path) -> Path:
     "What changes when the checkpoint at `path` is written: the file, or a sharded folder's `.metadata`."
@@ -202,219 +220,6 @@ def finished_since(path: str | Path, before: list[int] | None) -> bool | None:
     if now == before:
         return False
     return True if zip_complete(path / "meta.pt" if path.is_dir() else path) else None
-
-# %% ../nbs/06_writes.ipynb #t0rn0006
-@contextmanager
-def folder_aside(path: str | Path, mover: bool) -> Iterator[None]:
-    "Around a save into `path`: an existing checkpoint folder moved aside first (by the process `mover`), deleted after."
-    if not mover or is_remote(path) or not os.path.isdir(path) or os.path.islink(path):
-        yield
-        return
-    path = Path(path)
-    aside = path.with_name(f".{uuid.uuid4().hex[:8]}-old-{path.name}")
-    os.replace(path, aside)
-    try:
-        yield
-    except BaseException:
-        remove_bytes(path)
-        os.replace(aside, path)
-        raise
-    remove_bytes(aside)
-
-# %% ../nbs/06_writes.ipynb #sh4rd002
-def stage_path(url: str) -> Path:
-    """A new local path, not made yet, where a strategy saves the checkpoint of the remote `url` on its way there:
-    next to the remote folder's journal, where its copy waits to be published."""
-    parent, _, name = str(url).rstrip("/").rpartition("/")
-    return local_home(parent) / STAGING / f"{uuid.uuid4().hex[:8]}-{name}"
-
-
-def saved_files(path: Path) -> list[str]:
-    "The files of the checkpoint saved at `path` that this node sees, relative and sorted: `['']` for one file."
-    if path.is_file():
-        return [""]
-    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
-
-
-def uploaders(seen: list[list[str]]) -> dict[str, int]:
-    """The rank that uploads each file, from the files each rank sees (`seen[rank]`): the shard's writer where it sees
-    it, else the lowest rank that sees the file."""
-    owner: dict[str, int] = {}
-    for rank, files in enumerate(seen):
-        for name in files:
-            if name not in owner or shard_writer(PurePosixPath(name).name) == rank:
-                owner[name] = rank
-    return owner
-
-# %% ../nbs/06_writes.ipynb #sh4rd005
-def _all_gather(value: Any) -> list[Any]:
-    "`value` of every rank, in rank order; just this one without a process group."
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [value]
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value)
-    return gathered
-
-
-def _together(work: Callable[[], None]) -> None:
-    "Run `work` on this rank, then raise on every rank if it failed on any: no rank waits for one that failed."
-    error: BaseException | None = None
-    try:
-        work()
-    except Exception as exc:
-        error = exc
-    failed = [(rank, m) for rank, m in enumerate(_all_gather(None if error is None else f"{type(error).__name__}: "
-                                                                                           f"{error}")) if m]
-    if error is not None:
-        raise error
-    if failed:
-        raise OSError("; ".join(f"rank {rank}: {message}" for rank, message in failed))
-
-
-def _fetch_missing(fs: Any, target: str, local: Path, names: list[str]) -> None:
-    for name in names:
-        (local / name).parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(f"{target}/{name}", str(local / name))
-
-
-def upload_saved(strategy: Any, local: Path, url: str) -> None:
-    """Upload the checkpoint `strategy` just saved at `local` (the same path on every rank) to the remote `url`:
-    collective. Each rank sends the files it wrote; rank 0 then fetches the files it did not see, so that its `local`
-    holds the whole checkpoint; a rank that does not see rank 0's files (another node) deletes its own."""
-    strategy.barrier()  # every rank's files are written (rank 0 writes Lightning's `meta.pt` after the shards)
-    rank, seen = strategy.global_rank, _all_gather(saved_files(local))
-    fs, target = fsspec.core.url_to_fs(url)
-
-    def clear() -> None:  # a re-save (last.ckpt): no file of the previous one stays
-        if rank == 0 and fs.exists(target):
-            fs.rm(target, recursive=True)
-
-    owners = uploaders(seen)
-
-    def send() -> None:
-        fs.invalidate_cache(target)
-        for name, owner in owners.items():
-            if owner == rank:
-                fs.put_file(str(local / name) if name else str(local), f"{target}/{name}" if name else target)
-
-    _together(clear)
-    _together(send)
-    fs.invalidate_cache(target)  # others wrote there: what this process listed before is stale
-    _together(lambda: _fetch_missing(fs, target, local, sorted(set(owners) - set(seen[0]))) if rank == 0 else None)
-    if rank != 0 and not set(seen[0]) <= set(seen[rank]):  # another node's files: rank 0's copy is published
-        remove_bytes(local)
-
-# %% ../nbs/06_writes.ipynb #sh4rd010
-def download(url: str, local: Path) -> None:
-    "Download the remote file or folder `url` to `local`, complete before it takes that name."
-    fs, target = fsspec.core.url_to_fs(url)
-    partial = local.with_name(f".{uuid.uuid4().hex[:8]}-{local.name}")
-    local.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        if fs.isfile(target):
-            fs.get_file(target, str(partial))
-        else:
-            _fetch_missing(fs, target, partial, [p[len(target.rstrip("/")) + 1:] for p in fs.find(target)])
-        if not local.exists():  # another node that shares this folder may have been first
-            os.replace(partial, local)
-    finally:
-        remove_bytes(partial)
-
-
-def fetch_on_each_node(strategy: Any, url: str, local: Path) -> None:
-    "Make `local`, rank 0's download of the remote `url`, exist on every node: one download per node. Collective."
-    _together(lambda: download(url, local) if strategy.local_rank == 0 and not local.exists() else None)
-
-# %% ../nbs/06_writes.ipynb #h45hf002
-_SHARD_RANK = re.compile(r"(?:^|/)__(\d+)_\d+\.distcp$|(?:^|/)zero_pp_rank_(\d+)_")  # torch DCP, DeepSpeed ZeRO
-
-
-def shard_rank(relative: str, world_size: int) -> int:
-    "The rank that writes the file `relative` of a sharded checkpoint folder: the rank in its shard name, else rank 0."
-    found = _SHARD_RANK.search(relative)
-    rank = int(found.group(1) or found.group(2)) if found else 0
-    return rank if rank < world_size else 0  # a stale shard of a larger world: rank 0 hashes it
-
-
-def folder_files(folder: Path) -> list[str]:
-    "The files of `folder` as lamindb's `hash_dir` finds them, relative to it, in POSIX form."
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-
-
-def hash_file_once(path: Path, chunk: int = CHUNK, block: int = 8 * 2**20) -> dict[str, Any]:
-    "lamindb's `hash_file` of `path` (`{size, hash, hash_type}`), reading each byte at most once."
-    with open(path, "rb", buffering=0) as file:
-        size = os.fstat(file.fileno()).st_size
-        first, last = (hashlib.md5(), None) if size <= chunk else (hashlib.sha1(), hashlib.sha1())
-        buffer, at = bytearray(min(block, max(size, 1))), 0
-        while at < size:
-            if last is not None and chunk <= at < size - chunk:  # the middle of a large file: not read
-                at = file.seek(size - chunk)
-            with memoryview(buffer)[:file.readinto(buffer)] as view:
-                if not view:
-                    break
-                end = at + len(view)
-                if at < chunk:
-                    first.update(view[:chunk - at])
-                if last is not None and end > size - chunk:
-                    last.update(view[max(0, size - chunk - at):])
-                at = end
-    digest = first.digest() if last is None else hashlib.sha1(first.digest() + last.digest()).digest()
-    return {"size": size, "hash": to_b64_str(digest)[:HASH_LENGTH], "hash_type": "md5" if last is None else "sha1-fl"}
-
-
-def folder_stats(hashed: list[tuple[str, int, str]]) -> dict[str, Any]:
-    "lamindb's stats of a folder (`hash_dir`: `md5-d`) from `(relative path, size, hash)` of each of its files."
-    return {"size": sum(size for _, size, _ in hashed), "hash": hash_from_hashes_list([h for _, _, h in hashed]),
-            "hash_type": "md5-d", "n_files": len(hashed)}
-
-
-def hash_folder(folder: Path) -> dict[str, Any]:
-    "lamindb's stats of `folder`, as `hash_dir` gives them, each file read once."
-    return folder_stats([(name, (s := hash_file_once(folder / name))["size"], s["hash"]) for name in folder_files(folder)])
-
-
-# %% ../nbs/06_writes.ipynb #h45hf006
-def hash_folder_on_ranks(folder: Path, rank: int, world_size: int,
-                         gather: Callable[[Any], list[Any]]) -> dict[str, Any] | None:
-    """On every rank, once the collective save of `folder` returned: hash the files this rank wrote, and gather
-    (`gather(obj)`: one object from each rank, in rank order) the `(relative path, size, hash)` of every file on rank
-    0, which returns the folder's stats; `None` on the other ranks, and when rank 0 does not see the folder they wrote
-    or a rank could not read its files (every rank still takes part in the exchange: none waits for another forever)."""
-    names: list[str] = []
-    try:
-        names = folder_files(folder)
-        hashed: list[tuple[str, int, str]] | None = [
-            (n, (s := hash_file_once(folder / n))["size"], s["hash"]) for n in names if shard_rank(n, world_size) == rank]
-    except OSError:  # a file gone or unreadable: the publisher hashes what it finds, or says why it cannot
-        hashed = None
-    everyone = gather(hashed) if world_size > 1 else [hashed]
-    if rank != 0 or not names or any(part is None for part in everyone):
-        return None
-    files = {n: (n, size, digest) for part in everyone for n, size, digest in part or ()}
-    if set(files) != set(names):  # not the folder every rank wrote (no shared filesystem): lamindb's view decides
-        return None
-    return folder_stats(list(files.values()))
-
-
-class IncompleteFolder(OSError):
-    "A checkpoint folder that is not complete (a rank died while saving it, or it changed since): never published."
-
-
-def folder_problem(folder: Path, stats: dict[str, Any] | None = None) -> str | None:
-    """Why `folder` is not a complete checkpoint folder, else `None`: torch's distributed checkpoint writes `.metadata`
-    once every rank's shards are written, and the files (count and bytes) must still be those its save hashed."""
-    names = folder_files(folder)
-    if any(n.endswith(".distcp") for n in names) and ".metadata" not in names:
-        return "holds shards but no .metadata: its save did not finish"
-    if stats is not None and stats.get("n_files") is not None:
-        size = sum((folder / n).stat().st_size for n in names)
-        if (len(names), size) != (stats["n_files"], stats["size"]):
-            return f"holds {len(names)} files of {size} bytes, not the {stats['n_files']} files of {stats['size']} " \
-                   "bytes it was saved with"
-    return None
 
 # %% ../nbs/06_writes.ipynb #c0pyc10d
 PART_SIZE = 50 * 2**20  # s3fs's `pipe` uploads a file of two parts or more in parts of this size

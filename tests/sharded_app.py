@@ -72,9 +72,9 @@ def count_hashing(path: str) -> None:
     import lamindb.models.artifact as artifact_module
     import lamindb_setup.core.hashing as hashing
 
-    import lamin_lightning.writes as writes
+    import lamin_lightning.folders as folders
 
-    hash_dir, hash_file_once, seen = hashing.hash_dir, writes.hash_file_once, {"hash_dir": 0, "read": []}
+    hash_dir, hash_file_once, seen = hashing.hash_dir, folders.hash_file_once, {"hash_dir": 0, "read": []}
 
     def counted(*args, **kwargs):
         seen["hash_dir"] += 1
@@ -84,7 +84,7 @@ def count_hashing(path: str) -> None:
         seen["read"].append(str(file))
         return hash_file_once(file, *args, **kwargs)
     hashing.hash_dir = artifact_module.hash_dir = counted
-    writes.hash_file_once = recorded
+    folders.hash_file_once = recorded
     atexit.register(lambda: open(path, "w").write(json.dumps(seen)))
 
 

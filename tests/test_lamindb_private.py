@@ -63,7 +63,7 @@ def test_folder_artifact_takes_md5d_stats_without_reading_a_file(monkeypatch) ->
 
     from lamin_lightning.journal import new_entry_id
     from lamin_lightning.upstream import register_managed
-    from lamin_lightning.writes import hash_folder
+    from lamin_lightning.folders import hash_folder
 
     folder = root / ".lamindb" / new_entry_id()
     folder.mkdir()
