@@ -9,7 +9,9 @@ __all__ = ['TEST_MARKER', 'isolate_settings', 'init_local_instance', 'use_test_i
            'block_network', 'TinyModel', 'TinyData', 'tiny_trainer', 'EventRecorder', 'type_name', 'TableRenderer']
 
 # %% ../nbs/16_testing.ipynb #bf89b8cf
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -29,11 +31,15 @@ TEST_MARKER = "LAMIN_LIGHTNING_TEST"
 
 
 def isolate_settings(root: str | Path | None = None) -> Path:
-    "Point LaminDB's settings, and its cache of downloads, at a fresh temporary folder (or `root`), unless done."
+    """Point LaminDB's settings, and its cache of downloads, at a fresh temporary folder (or `root`), unless done. A
+    temporary folder (and the instances made in it) is deleted when the process that made it exits."""
     current = os.environ.get("LAMIN_SETTINGS_DIR")
     if current and os.environ.get(TEST_MARKER) == current:
         return Path(current)
-    folder = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="lamin-settings-"))
+    if root is None:
+        root = tempfile.mkdtemp(prefix="lamin-settings-")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+    folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["LAMIN_SETTINGS_DIR"] = os.environ[TEST_MARKER] = str(folder)
     os.environ["LAMIN_CACHE_DIR"] = str(folder / "cache")  # not ~/.cache/lamindb

@@ -6,6 +6,7 @@ ids and journal timestamps are masked, and stderr (Lightning's banners) is dropp
 """
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def run(path: Path) -> None:
         CaptureShell(path).run_all(nb, exc_stop=True)
     finally:
         os.chdir(cwd)
+        shutil.rmtree(settings, ignore_errors=True)  # the throwaway instance and settings of this run
     assert not guard.attempts, guard.attempts
     for cell in nb.cells:
         if cell.cell_type != "code":
