@@ -228,9 +228,7 @@ class Recording:
             self._largest = max(self._largest, (entry.stats or {}).get("size", 0))
             while self._unrecorded and self._unrecorded[0].id not in self._unwritten:
                 recorded = self._unrecorded.pop(0)
-                references = [e for e in (recorded.replaces, *recorded.siblings) if e is not None]
-                known = {e: self.store.ids[e] for e in references if e in self.store.ids}  # their journal may go
-                recorded = replace(recorded, known=known)  # as it is journaled, and never changed after
+                recorded = self._with_known(recorded)  # as it is journaled, and never changed after
                 if self.deferred and recorded.replaces is not None:
                     for dropped in [e for e in self.pending if e.id == recorded.replaces and e.op == "save"]:
                         self.store.unstage(dropped)  # re-saved or evicted while pending: never to be published
@@ -251,8 +249,7 @@ class Recording:
             return
         with self._lock:
             entry = self.store.relative(entry)
-            references = [e for e in (entry.replaces, *entry.siblings) if e is not None]
-            entry = replace(entry, known={e: self.store.ids[e] for e in references if e in self.store.ids})
+            entry = self._with_known(entry)
             if self.journal is None:
                 self.journal = self._new_journal()
             if self.journal is not None:
@@ -263,6 +260,11 @@ class Recording:
         "Forget the intent of a write that failed: Lightning raises, and a replay publishes its file only if complete."
         with self._lock:
             self._intended.discard(entry_id)
+
+    def _with_known(self, entry: Entry) -> Entry:
+        "`entry` with the artifact ids of the entries it refers to that are published: their journal may go."
+        references = [e for e in (entry.replaces, *entry.siblings) if e is not None]
+        return replace(entry, known={e: self.store.ids[e] for e in references if e in self.store.ids})
 
     def record_now(self, entry: Entry) -> bool:
         """Record a save no other entry refers to at once, ahead of entries still waiting for their files, and place
