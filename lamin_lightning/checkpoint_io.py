@@ -386,9 +386,9 @@ def save_remote_through_local(strategy: Any, io: "LaminCheckpointIO") -> None:
         return
 
     def save_checkpoint(checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
-        url = strategy.broadcast(str(filepath))  # rank 0's path decides, as in the strategy
-        if not is_remote(url):
+        if not is_remote(str(filepath)):  # the same on every rank (one dirpath): a local save costs no collective
             return save(checkpoint, filepath, storage_options)
+        url = strategy.broadcast(str(filepath))  # rank 0's path decides, as in the strategy
         local, hold = stage_path(url), None
         if strategy.global_rank == 0:  # a file beside it keeps the journal's folder, which a journal closed meanwhile
             hold = local.with_name(f".{local.name}.saving")  # on the publishing thread removes once empty

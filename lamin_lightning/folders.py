@@ -130,13 +130,14 @@ def fetch_on_each_node(strategy: Any, url: str, local: Path) -> None:
     _together(lambda: download(url, local) if strategy.local_rank == 0 and not local.exists() else None)
 
 # %% ../nbs/07_folders.ipynb #h45hf002
-_SHARD_RANK = re.compile(r"(?:^|/)__(\d+)_\d+\.distcp$|(?:^|/)zero_pp_rank_(\d+)_")  # torch DCP, DeepSpeed ZeRO
+_ZERO_RANK = re.compile(r"zero_pp_rank_(\d+)_")  # DeepSpeed ZeRO's per-rank files
 
 
 def shard_rank(relative: str, world_size: int) -> int:
     "The rank that writes the file `relative` of a sharded checkpoint folder: the rank in its shard name, else rank 0."
-    found = _SHARD_RANK.search(relative)
-    rank = int(found.group(1) or found.group(2)) if found else 0
+    name = PurePosixPath(relative).name
+    zero = _ZERO_RANK.match(name)
+    rank = int(zero.group(1)) if zero else shard_writer(name) or 0  # DeepSpeed's, or torch's distributed checkpoint
     return rank if rank < world_size else 0  # a stale shard of a larger world: rank 0 hashes it
 
 
