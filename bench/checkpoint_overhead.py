@@ -5,6 +5,9 @@ one process, one throwaway local SQLite instance, with the network refused. Prin
 plain ModelCheckpoint for the first and last ten saves (the time training waited in `_save_checkpoint`), and each fit's
 time as a ratio of the plain fit; every artifact is published by the time `fit` returns. For ours, the inline row is
 also all the publishing work of a save; the async_publish row is what training waits for when a worker thread does it.
+The peers, where installed, log files only (no queryable features): MLflow's and DVCLive's loggers with
+log_model="all" behind a plain ModelCheckpoint (DVCLive from the `bench` extra:
+`pip install -c constraints.txt -e ".[bench]"`).
 
     python bench/checkpoint_overhead.py [--saves 100] [--top-k -1] [--skip-lamindb]
 """
@@ -66,6 +69,40 @@ def fit(callback, root: Path, saves: int, logger=False) -> float:
     return time.perf_counter() - start
 
 
+def dvclive_fit(logger_cls: type, root: Path, saves: int, common: dict) -> tuple[list[float], float]:
+    """DVCLive's `log_model="all"`: after each save, `dvc add` of the checkpoint folder (hashing it, copying new files
+    into the DVC cache). It needs a DVC project around the checkpoints: without one `log_artifact` skips with a warning,
+    and DVCLive would `dvc init` the git repository enclosing the working directory. So: a project without git
+    (`no_scm`) in the bench's folder, the working directory during the fit; DVC's config and site cache under the
+    bench's folder (not ~/.config/dvc, /var/tmp/dvc), analytics and Studio off; no DVC experiment
+    (`save_dvc_exp=False`)."""
+    config = root / "dvc-config"
+    os.environ.update(DVC_GLOBAL_CONFIG_DIR=str(config / "global"), DVC_SYSTEM_CONFIG_DIR=str(config / "system"),
+                      DVC_SITE_CACHE_DIR=str(config / "site-cache"), DVC_NO_ANALYTICS="1", DVC_STUDIO_OFFLINE="true")
+    from dvc.repo import Repo
+
+    project = root / "dvclive"
+    project.mkdir()
+    Repo.init(str(project), no_scm=True).close()
+    peer = timed(ModelCheckpoint)(dirpath=project / "checkpoints", **common)
+    logger = logger_cls(dir=str(project / "dvclive"), save_dvc_exp=False, log_model="all")
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        fit_s = fit(peer, root, saves, logger=logger)
+    finally:
+        os.chdir(cwd)
+    objects = [f for f in (project / ".dvc" / "cache").rglob("*") if f.is_file()]
+    manifests = sum(f.suffix == ".dir" for f in objects)
+    ckpt_bytes = sum(f.stat().st_size for f in (project / "checkpoints").iterdir())
+    print(f"DVCLive stored: {len(objects) - manifests} files and {manifests} folder manifests in .dvc/cache "
+          f"({sum(f.stat().st_size for f in objects) / 1e6:.1f} MB, checkpoints {ckpt_bytes / 1e6:.1f} MB), "
+          f"checkpoints.dvc: {(project / 'checkpoints.dvc').exists()}, "
+          f"best copied to dvclive/artifacts: {any((project / 'dvclive' / 'artifacts').glob('*.ckpt'))}")
+    assert (project / "checkpoints.dvc").exists(), "DVCLive tracked no checkpoints"
+    return peer.save_seconds, fit_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=100)
@@ -98,6 +135,12 @@ def main() -> None:
         peer = timed(ModelCheckpoint)(dirpath=root / "mlflow", **common)
         logger = MLFlowLogger(tracking_uri=(root / "mlruns").as_uri(), log_model="all")
         results["MLflow log_model='all'"] = (peer.save_seconds, fit(peer, root, n, logger=logger))
+    try:  # DVCLive, an optional peer (the `bench` extra): a `dvc add` of the checkpoint folder after each save
+        from dvclive.lightning import DVCLiveLogger
+    except ImportError as error:
+        print(f"DVCLive row skipped: {error} (pip install -c constraints.txt -e '.[bench]')")
+    else:
+        results["DVCLive log_model='all'"] = dvclive_fit(DVCLiveLogger, root, n, common)
     if not args.skip_lamindb:
         from lamindb.integrations import lightning as lamindb_lightning  # after init: it needs Django's models
 
