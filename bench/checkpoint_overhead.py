@@ -122,7 +122,9 @@ def main() -> None:
     results["lamin_lightning (inline)"] = (ours.save_seconds, fit(ours, root, n))
     background = timed(ll.Checkpoint)(dirpath=root / "async", async_publish=True, **common)
     results["lamin_lightning (async_publish)"] = (background.save_seconds, fit(background, root, n))
-    for name in ("ours", "async"):  # everything published by the time fit returned
+    process = timed(ll.Checkpoint)(dirpath=root / "process", async_publish="process", **common)
+    results["lamin_lightning (process)"] = (process.save_seconds, fit(process, root, n))
+    for name in ("ours", "async", "process"):  # everything published by the time fit returned
         stored = ln.Artifact.filter(key__startswith=f"{root / name}/checkpoints/", suffix=".ckpt").count()
         assert stored == kept, f"{name}: expected {kept} stored checkpoints, found {stored}"
     try:  # MLflow, an optional peer: files only, no queryable features

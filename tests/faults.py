@@ -72,3 +72,19 @@ def sync(path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([str(BIN / "lamin-lightning"), "sync", str(path)], env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def refuse_persist() -> None:
+    "In this process, every save an entry persists fails as a database error would (for the publisher process)."
+    from django.db import OperationalError
+
+    from lamin_lightning.store import Store
+
+    persist = Store.persist
+
+    def refusing(self, entry):
+        if entry.op == "save":
+            raise OperationalError("refused by the test")
+        return persist(self, entry)
+
+    Store.persist = refusing

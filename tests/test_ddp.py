@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from faults import stored
@@ -16,7 +17,7 @@ from lamin_lightning.testing import use_test_instance
 APP = Path(__file__).with_name("cli_app.py")
 
 
-def write_config(tmp_path: Path, dirpath: Path, **trainer: object) -> None:
+def write_config(tmp_path: Path, dirpath: Path, checkpoint: dict | None = None, **trainer: object) -> None:
     config = {
         "trainer": {
             "default_root_dir": str(tmp_path), "max_epochs": 4, "limit_train_batches": 2, "limit_val_batches": 1,
@@ -26,7 +27,7 @@ def write_config(tmp_path: Path, dirpath: Path, **trainer: object) -> None:
                        "init_args": {"save_dir": str(tmp_path / "logs"), "name": "ddp"}},
             "callbacks": [{"class_path": "lamin_lightning.Checkpoint",
                            "init_args": {"dirpath": str(dirpath), "monitor": "val_loss", "save_top_k": 2,
-                                         "save_last": True}}],
+                                         "save_last": True, **(checkpoint or {})}}],
             **trainer,
         },
     }
@@ -56,10 +57,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("async_publish", [None, "process"], ids=["default", "process"])
+def test_ddp_two_processes(tmp_path: Path, async_publish: str | None) -> None:
     use_test_instance()
     dirpath = tmp_path / "ckpts"
-    write_config(tmp_path, dirpath, devices=2)
+    write_config(tmp_path, dirpath, {"async_publish": async_publish}, devices=2)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MASTER_PORT": str(free_port())}
     result = subprocess.run([sys.executable, str(APP), "fit", "--config", "config.yaml"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=240)

@@ -51,4 +51,4 @@ def test_notebooks_process_for_quarto(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Quarto" not in done.stdout + done.stderr and not (root / ".installing").exists(), done.stdout[-2000:]
-    assert (root / "_proc" / "14_checkpoint.ipynb").exists()
+    assert (root / "_proc" / "15_checkpoint.ipynb").exists()

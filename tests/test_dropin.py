@@ -33,7 +33,7 @@ def ckpt_kwargs(dirpath: Path) -> dict:
     return dict(dirpath=dirpath, monitor="val_loss", save_top_k=2, save_last=True, every_n_epochs=1)
 
 
-@pytest.mark.parametrize("async_publish", [False, True], ids=["inline", "async"])
+@pytest.mark.parametrize("async_publish", [False, True, "process"], ids=["inline", "async", "process"])
 def test_folder_holds_what_plain_modelcheckpoint_leaves(tmp_path: Path, async_publish: bool) -> None:
     use_test_instance()
     import lamin_lightning as ll

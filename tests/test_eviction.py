@@ -11,7 +11,7 @@ from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_
 SAVES = 200
 
 
-@pytest.mark.parametrize("async_publish", [False, True], ids=["inline", "async"])
+@pytest.mark.parametrize("async_publish", [False, True, "process"], ids=["inline", "async", "process"])
 def test_top3_over_200_saves(tmp_path: Path, async_publish: bool) -> None:
     use_test_instance()
     import lamin_lightning as ll
@@ -28,7 +28,7 @@ def test_top3_over_200_saves(tmp_path: Path, async_publish: bool) -> None:
     assert_consistent(dirpath, f"{dirpath}/checkpoints", callback.best_k_models, callback.best_model_path)
 
 
-@pytest.mark.parametrize("async_publish", [False, True], ids=["inline", "async"])
+@pytest.mark.parametrize("async_publish", [False, True, "process"], ids=["inline", "async", "process"])
 def test_keep_all_ranks_after_many_nonmonotonic_saves(tmp_path: Path, async_publish: bool) -> None:
     "Every checkpoint kept, a score that goes up and down: each save shifts the ranks of the worse ones (issue 27)."
     use_test_instance()

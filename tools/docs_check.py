@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NBS, PROC, OUT = ROOT / "nbs", ROOT / "_proc", ROOT / "_docs_check"
 CELL_KEYS = {"id", "cell_type", "metadata", "source", "outputs", "execution_count", "attachments"}
-SCREENSHOTS = {"index": "index", "Checkpoint": "14_checkpoint", "journal": "05_journal"}
+SCREENSHOTS = {"index": "index", "Checkpoint": "15_checkpoint", "journal": "05_journal"}
 NOT_DISPLAY = re.compile(r"^(test_\w*|assert\w*|close)$")  # calls that show nothing by design
 
 
