@@ -73,7 +73,7 @@ def newest_last(prefix: str, job: str | None = None) -> ln.Artifact | None:
     return ln.Artifact.get(id=newest)
 
 # %% ../nbs/14_resume.ipynb #r26b0016
-class _Resume(_FitSetup, LastCheckpoints):
+class _Resume(LastCheckpoints, _FitSetup):
     "`ckpt_path='last'` through LaminDB, and the run's SLURM job id, which later attempts look for."
 
     _found_last: ln.Artifact | None = None  # what `ckpt_path="last"` found in LaminDB, for the run's inputs

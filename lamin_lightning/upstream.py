@@ -15,12 +15,16 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lamindb as ln
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 from typing_extensions import override
+
+if TYPE_CHECKING:  # Lightning loads with the callbacks; the publisher process has none (12_process)
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint as _ModelCheckpoint
+else:
+    _ModelCheckpoint = object
 
 # %% ../nbs/03_upstream.ipynb #78833e1c
 def register_managed(path: Path, **options: Any) -> ln.Artifact:
@@ -155,8 +159,9 @@ MODEL_CHECKPOINT_HOOKS = ("_save_checkpoint", "_save_last_checkpoint", "_remove_
 MODEL_CHECKPOINT_STATE = ("_fs", "_last_checkpoint_saved", "_link_checkpoint")  # read by the publishing base
 
 # %% ../nbs/03_upstream.ipynb #c26a0002
-class LastCheckpoints(ModelCheckpoint):
-    "A `ModelCheckpoint` whose candidates for `ckpt_path=\"last\"` come from `last_checkpoints`."
+class LastCheckpoints(_ModelCheckpoint):
+    """Mixed into a `ModelCheckpoint`, before it among the bases: its candidates for `ckpt_path=\"last\"` come from
+    `last_checkpoints`."""
 
     @override
     def _find_last_checkpoints(self, trainer: "pl.Trainer") -> set[str]:

@@ -21,12 +21,9 @@ from typing import Any, Callable
 
 import fsspec
 import lamindb_setup as ln_setup
-import torch
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 from lamindb_setup.core.hashing import HASH_LENGTH, to_b64_str
-from lightning.fabric.plugins import CheckpointIO, TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import get_filesystem
 
 from .journal import MANAGED, STAGING, Entry, made_in, remove_bytes
 from .observers import log
@@ -82,15 +79,21 @@ def hash_bytes(data: memoryview | bytes, chunk: int = CHUNK) -> dict[str, Any]:
 
 def _serialized(checkpoint: dict[str, Any]) -> tuple[io.BytesIO, dict[str, Any]]:
     "`checkpoint`'s bytes as Lightning's `TorchCheckpointIO` writes them (`torch.save`), in memory, and their stats."
+    import torch
+
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     with buffer.getbuffer() as view:
         return buffer, hash_bytes(view)
 
 
-def save_hashed(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path,
+def save_hashed(io_: Any, checkpoint: dict[str, Any], path: str | Path,
                 storage_options: Any | None = None) -> dict[str, Any] | None:
-    "Save through `io_`; for Lightning's `TorchCheckpointIO` and a local file, as it does, and return the stats."
+    """Save through `io_` (a Lightning `CheckpointIO`); for Lightning's `TorchCheckpointIO` and a local file, as it
+    does, and return the stats. torch and Lightning load here, not with the module: the publisher process has neither."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+    from lightning.fabric.utilities.cloud_io import get_filesystem
+
     if type(io_) is not TorchCheckpointIO or storage_options is not None or \
             not isinstance(fs := get_filesystem(path), LocalFileSystem):
         io_.save_checkpoint(checkpoint, path, storage_options=storage_options)
@@ -102,10 +105,12 @@ def save_hashed(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path,
     return stats
 
 # %% ../nbs/06_writes.ipynb #f6a00045
-def save_copied(io_: CheckpointIO, checkpoint: dict[str, Any], url: str,
+def save_copied(io_: Any, checkpoint: dict[str, Any], url: str,
                 storage_options: Any | None = None) -> tuple[dict[str, Any] | None, Path]:
     """Save to the remote `url` through `io_`, and keep a local copy to publish: for Lightning's `TorchCheckpointIO`,
     the bytes it serializes go up once and to the copy (hashed); any other IO's file is downloaded once."""
+    from lightning.fabric.plugins import TorchCheckpointIO
+
     copy = remote_copy(url)
     try:
         if type(io_) is not TorchCheckpointIO or storage_options is not None:
@@ -141,7 +146,7 @@ def fetch_copy(url: str, copy: Path | None = None) -> Path:
     return copy
 
 
-def save_written(io_: CheckpointIO, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None,
+def save_written(io_: Any, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None,
                  settle: Callable[[str], None]) -> tuple[dict[str, Any] | None, Path | None]:
     """Save to a local or remote `path`: the stats of the bytes, when taken as they were written, and a remote file's
     local copy. `settle(url)` first waits for what still reads the remote file's previous bytes."""

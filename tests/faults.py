@@ -88,3 +88,18 @@ def refuse_persist() -> None:
         return persist(self, entry)
 
     Store.persist = refusing
+
+
+def guard_network(attempts: str) -> None:
+    "In this process (a publisher process), refuse non-loopback connections and append each one tried to `attempts`."
+    from lamin_lightning.testing import NetworkGuard
+
+    guard = NetworkGuard().install()
+    refuse = guard._refuse
+
+    def record(target: str) -> None:
+        with open(attempts, "a") as log:
+            log.write(target + "\n")
+        refuse(target)
+
+    guard._refuse = record

@@ -101,7 +101,7 @@ def test_ckpt_path_last_asks_find_last_checkpoints_before_setup(tmp_path) -> Non
     elsewhere.write_bytes(b"x")
     asked = []
 
-    class Asked(LastCheckpoints):
+    class Asked(LastCheckpoints, ModelCheckpoint):
         def last_checkpoints(self, trainer, found):
             asked.append(trainer)
             return found | {str(elsewhere)}

@@ -18,9 +18,24 @@ from faults import assert_consistent, run_script, stored
 from lamin_lightning.testing import TinyData, TinyModel, tiny_trainer, use_test_instance
 
 TESTS = Path(__file__).parent
-# The publisher process, with every write of an entry refused (a fault of LaminDB's database, in that process only).
-REFUSING = ("import os, sys; replies = os.dup(1); os.dup2(2, 1); sys.path.insert(0, {tests!r}); import faults; "
-            "faults.refuse_persist(); from lamin_lightning.process import main; main(replies)").format(tests=str(TESTS))
+
+
+def start(*faults: str, attempts: Path) -> str:
+    "The publisher process's start, under the tests' network guard, with `faults` (functions of faults.py) injected."
+    calls = "".join(f"faults.{f}(); " for f in faults)
+    return (f"import os, sys; answers = os.dup(1); os.dup2(2, 1); sys.path.insert(0, {str(TESTS)!r}); import faults; "
+            f"faults.guard_network({str(attempts)!r}); {calls}from lamin_lightning.process import main; main(answers)")
+
+
+@pytest.fixture(autouse=True)
+def guarded(tmp_path: Path, monkeypatch):
+    "Every publisher process of these tests refuses the network, and reports what it tried."
+    import lamin_lightning.process as process
+
+    attempts = tmp_path / "publisher-network.txt"
+    monkeypatch.setattr(process, "START", start(attempts=attempts))
+    yield lambda *faults: monkeypatch.setattr(process, "START", start(*faults, attempts=attempts))
+    assert not attempts.exists(), f"the publisher process tried the network: {attempts.read_text()}"
 
 
 class KillPublisher(Callback):
@@ -98,24 +113,21 @@ def test_publisher_killed_past_its_restarts_hands_over_to_a_thread(tmp_path: Pat
     assert_all_published(checkpoint, tmp_path)
 
 
-def test_store_failure_in_the_process_is_logged_in_the_fit(tmp_path: Path, caplog, monkeypatch) -> None:
+def test_store_failure_in_the_process_is_logged_in_the_fit(tmp_path: Path, caplog, guarded) -> None:
     "The process's warning reaches the fit's log once; the fit publishes what waits at its end, as inline would."
     use_test_instance()
-    import lamin_lightning.process as process
-
-    monkeypatch.setattr(process, "START", REFUSING)
+    guarded("refuse_persist")
     caplog.set_level(logging.WARNING, "lamin_lightning")
     checkpoint, _ = fit(tmp_path, steps=6)
     assert caplog.text.count("Could not store") == 1 and "OperationalError: refused by the test" in caplog.text
     assert_all_published(checkpoint, tmp_path)  # retried by the fit itself at its end
 
 
-def test_strict_process_failure_stops_training(tmp_path: Path, monkeypatch) -> None:
+def test_strict_process_failure_stops_training(tmp_path: Path, guarded) -> None:
     use_test_instance()
-    import lamin_lightning.process as process
     from lamin_lightning.publisher import StoreError
 
-    monkeypatch.setattr(process, "START", REFUSING)
+    guarded("refuse_persist")
     with pytest.raises(StoreError, match="Training stops \\(strict=True\\)"):
         fit(tmp_path, steps=200, strict=True)
     files = list((tmp_path / "ckpts").glob("*.ckpt"))
