@@ -13,6 +13,7 @@ log_model="all" behind a plain ModelCheckpoint (DVCLive from the `bench` extra:
 """
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,23 @@ import lamindb_setup as ln_setup  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 import lamin_lightning as ll  # noqa: E402
+from lamin_lightning.process import ProcessWorker  # noqa: E402
 from lamin_lightning.testing import init_local_instance  # noqa: E402
+
+
+PUBLISHER_PEAKS: list[int] = []  # KB: each publisher process's peak RSS, read just before it is told to close
+_stop = ProcessWorker.stop
+
+
+def _stop_measured(self) -> None:
+    if self.process is not None:
+        status = Path(f"/proc/{self.process.pid}/status")
+        if status.exists():
+            PUBLISHER_PEAKS.extend(int(l.split()[1]) for l in status.read_text().splitlines() if l.startswith("VmHWM"))
+    _stop(self)
+
+
+ProcessWorker.stop = _stop_measured
 
 
 def bench_instance(prefix: str) -> Path:
@@ -163,6 +180,8 @@ def main() -> None:
         print(f"{name:<32}{added(0, 1):>9.1f}{first:>12.1f}{warm:>8.1f}{last:>9.1f}{median:>8.1f}{growth:>12}"
               f"{fit_s:>8.2f}{fit_s / base_fit:>10.1f}x")
     print(f"plain save itself: {first_base * 1000:.1f} ms (first ten), {last_base * 1000:.1f} ms (last ten)")
+    print(f"peak RSS: the training process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB, "
+          f"the publisher process {max(PUBLISHER_PEAKS, default=0) / 1024:.0f} MB")
     print(f"network connections attempted: {len(guard.attempts)}")
     sys.exit(1 if guard.attempts else 0)
 

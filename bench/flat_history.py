@@ -29,7 +29,7 @@ def ranks_in_lamindb(prefix: str) -> dict[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--saves", type=int, default=1000)
-    parser.add_argument("--only", choices=("inline", "async"), help="run one of ours only (plain always runs)")
+    parser.add_argument("--only", choices=("inline", "async", "process"), help="run one of ours only (plain always runs)")
     args = parser.parse_args()
     n = args.saves
     root = bench_instance("ll-bench-history-")
@@ -37,7 +37,8 @@ def main() -> None:
     fit(ModelCheckpoint(dirpath=root / "warmup", **common), root, 20)  # the first fit pays one-off costs
     plain = timed(ModelCheckpoint)(dirpath=root / "plain", **common)
     plain_fit = fit(plain, root, n)
-    variants = {"inline": dict(async_publish=False), "async_publish": dict(async_publish=True)}
+    variants = {"inline": dict(async_publish=False), "async_publish": dict(async_publish=True),
+                "process": dict(async_publish="process")}
     if args.only:
         variants = {k: v for k, v in variants.items() if k.startswith(args.only)}
     rows = []

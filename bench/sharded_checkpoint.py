@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = ["plain", "ours", "ours-async"]
+VARIANTS = ["plain", "ours", "ours-async", "ours-process"]
 RESULT = "SHARDED_BENCH "
 
 
@@ -83,7 +83,7 @@ def fit(variant: str, mb: int, saves: int) -> None:
     dirpath = Path(os.environ["BENCH_DIR"]) / "ckpts"
     options = dict(dirpath=dirpath, monitor="loss", mode="min", save_top_k=2, every_n_train_steps=1)
     callback = timed(ModelCheckpoint)(**options) if variant == "plain" else \
-        timed(ll.Checkpoint)(**options, async_publish=variant == "ours-async")
+        timed(ll.Checkpoint)(**options, async_publish={"ours": False, "ours-async": True, "ours-process": "process"}[variant])
     data = DataLoader(TensorDataset(torch.randn(saves * 2, width)), batch_size=2)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1),
                          max_steps=saves, logger=False, enable_progress_bar=False, enable_model_summary=False,

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from .journal import Entry, Journal, _parse, _problem
 from .observers import log
-from .publisher import Publisher, StoreError, Worker, redact
+from .publisher import Publisher, StoreError, Worker, lower_priority, redact
 
 # %% ../nbs/12_process.ipynb #e59a8be4
 class JournalTail:
@@ -116,6 +116,7 @@ def serve(commands: IO[bytes], answers: IO[bytes]) -> None:
             answers.flush()
 
     log.handlers[:], log.propagate = [_Told(tell)], False
+    lower_priority()  # on a busy machine, publishing gives way to training
     log.setLevel(logging.INFO)
     import lamindb_setup as ln_setup
 
