@@ -12,8 +12,10 @@ log_model="all" behind a plain ModelCheckpoint (DVCLive from the `bench` extra:
     python bench/checkpoint_overhead.py [--saves 100] [--top-k -1] [--skip-lamindb]
 """
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +54,7 @@ ProcessWorker.stop = _stop_measured
 def bench_instance(prefix: str) -> Path:
     "A throwaway folder holding a local SQLite instance with lamin_lightning's features; lamindb kept quiet."
     root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, True)  # the bench leaves nothing in the temporary folder
     init_local_instance(root / "storage")
     ln.settings.verbosity = "error"
     ll.save_lightning_features()
