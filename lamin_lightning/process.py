@@ -62,8 +62,7 @@ class Follower(Publisher):
                       recovering=True, verbose=verbose)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # the fit holds the journal's lock; lines are appended whole
         super().__init__(path.parent.parent, strict=strict, journal=Journal(path, fd), store=store)
-        self.tell = tell
-        self._told = dict(store.ids)
+        self.tell, self._told = tell, dict(store.ids)  # what the fit was told of the artifact ids
         self._take(records)
 
     def follow(self) -> None:
@@ -105,6 +104,7 @@ class _Told(logging.Handler):
         self.tell({"log": record.levelno, "message": record.getMessage()})
 
 
+# %% ../nbs/12_process.ipynb #4d431243
 def serve(commands: IO[bytes], answers: IO[bytes]) -> None:
     """The publisher process: follow the journal each command names until the fit says `close`, or dies (its
     commands end); tell the fit each entry finished, each log record, a crash, and when a flush is over."""
@@ -156,16 +156,48 @@ def main(answers: int) -> None:
 # how the fit starts the process: its stdout answers, whatever else prints there goes to stderr
 START = "import os; answers = os.dup(1); os.dup2(2, 1); from lamin_lightning.process import main; main(answers)"
 
+# %% ../nbs/12_process.ipynb #015f2db0
+class _Finished:
+    "What the fit's publisher learns when the process has finished an entry."
+
+    publisher: Publisher
+    _artifacts: dict[str, Any]  # entry id -> its saved artifact, for the event of its removal
+
+    def _finished(self, message: dict[str, Any]) -> None:
+        "An entry is finished: the fit's publisher forgets it, knows the artifacts, and emits its event."
+        import lamindb as ln
+
+        publisher = self.publisher
+        with publisher._lock:
+            entry = next((e for e in publisher.pending if e.id == message["finished"]), None)
+            if entry is None:  # the fit finished it itself
+                return
+            publisher.pending.remove(entry)
+            publisher.store.ids.update(message["ids"])
+            for gone in message["gone"]:
+                publisher.store.ids.pop(gone, None)
+            if message["abandoned"]:
+                publisher.abandoned.append(entry)
+            elif entry.op == "save":
+                publisher.published += message["artifact"] is not None
+                publisher.skipped += message["artifact"] is None  # evicted or re-saved before it was published
+        if message["abandoned"] or publisher.on_done is None:
+            return
+        artifact = None
+        if entry.op == "save" and message["artifact"] is not None:
+            artifact = self._artifacts[entry.id] = ln.Artifact.objects.filter(id=message["artifact"]).first()
+        elif entry.op == "remove" and entry.replaces is not None:
+            artifact = self._artifacts.pop(entry.replaces, None)
+        publisher.on_done(entry, artifact)
+
 # %% ../nbs/12_process.ipynb #2ea6b077
 RESTARTS = 3  # processes started again after one died, before the fit publishes on a thread of its own
 
 
-class _Answers:
+class _Answers(_Finished):
     "What the fit does with the publisher process's answers."
 
-    publisher: Publisher
     crash: BaseException | None
-    _artifacts: dict[str, Any]  # entry id -> its saved artifact, for the event of its removal
     _changed: threading.Condition
     _asked: int
     _flushed: int
@@ -195,74 +227,13 @@ class _Answers:
 
     def _fall_back(self, why: str) -> None: ...
 
-    def _finished(self, message: dict[str, Any]) -> None:
-        "An entry is finished: the fit's publisher forgets it, knows the artifacts, and emits its event."
-        import lamindb as ln
+# %% ../nbs/12_process.ipynb #250c0fb8
+class _Child(_Answers):
+    "The publisher process's life: started, sent commands, its answers read, started again when it dies."
 
-        publisher = self.publisher
-        with publisher._lock:
-            entry = next((e for e in publisher.pending if e.id == message["finished"]), None)
-            if entry is None:  # the fit finished it itself
-                return
-            publisher.pending.remove(entry)
-            publisher.store.ids.update(message["ids"])
-            for gone in message["gone"]:
-                publisher.store.ids.pop(gone, None)
-            if message["abandoned"]:
-                publisher.abandoned.append(entry)
-            elif entry.op == "save":
-                publisher.published += message["artifact"] is not None
-                publisher.skipped += message["artifact"] is None  # evicted or re-saved before it was published
-        if message["abandoned"] or publisher.on_done is None:
-            return
-        artifact = None
-        if entry.op == "save" and message["artifact"] is not None:
-            artifact = self._artifacts[entry.id] = ln.Artifact.objects.filter(id=message["artifact"]).first()
-        elif entry.op == "remove" and entry.replaces is not None:
-            artifact = self._artifacts.pop(entry.replaces, None)
-        publisher.on_done(entry, artifact)
-
-# %% ../nbs/12_process.ipynb #d47674ce
-class ProcessWorker(_Answers):
-    "A fit's publishing in a process of its own, in place of a `Worker` thread."
-
-    def __init__(self, publisher: Publisher) -> None:
-        self.publisher = publisher
-        self.crash = None  # a strict store error, raised in training
-        self.restarts = 0
-        self.process: subprocess.Popen[bytes] | None = None  # None once stopped, or handed over to a thread
-        self._artifacts, self._changed, self._asked, self._flushed = {}, threading.Condition(), 0, 0
-        self._send_lock = threading.Lock()
-        self._start()
-
-    def wake(self) -> None:
-        "An entry was journaled: the process reads it there."
-        if self.publisher.journal is None:  # a full disk: nothing the process could read
-            self._fall_back("the fit could not journal its entries")
-        else:
-            self._send(self.process, self._journal())
-
-    def wait(self) -> None:
-        "Wait until the process has tried every entry journaled so far."
-        with self._changed:
-            self._asked += 1
-            asked = self._asked
-        self._send(self.process, self._journal() | {"flush": asked})
-        with self._changed:
-            while self._flushed < asked and self.process is not None:
-                self._changed.wait(1.0)
-
-    def stop(self) -> None:
-        "End the process once it has done what was asked of it."
-        process, self.process = self.process, None
-        if process is not None:
-            self._close(process)
-
-    def raise_crash(self) -> None:
-        "Raise a strict store error of the process, once."
-        if self.crash is not None:
-            error, self.crash = self.crash, None
-            raise error
+    process: "subprocess.Popen[bytes] | None"  # None once stopped, or handed over to a thread
+    restarts: int
+    _send_lock: threading.Lock
 
     def _start(self) -> None:
         import lamindb_setup as ln_setup
@@ -313,6 +284,48 @@ class ProcessWorker(_Answers):
             self._start()
         else:
             self._fall_back(f"the publisher process exited (code {code})")
+
+# %% ../nbs/12_process.ipynb #d47674ce
+class ProcessWorker(_Child):
+    "A fit's publishing in a process of its own, in place of a `Worker` thread."
+
+    def __init__(self, publisher: Publisher) -> None:
+        self.publisher = publisher
+        self.crash = None  # a strict store error, raised in training
+        self.restarts = 0
+        self.process: subprocess.Popen[bytes] | None = None  # None once stopped, or handed over to a thread
+        self._artifacts, self._changed, self._asked, self._flushed = {}, threading.Condition(), 0, 0
+        self._send_lock = threading.Lock()
+        self._start()
+
+    def wake(self) -> None:
+        "An entry was journaled: the process reads it there."
+        if self.publisher.journal is None:  # a full disk: nothing the process could read
+            self._fall_back("the fit could not journal its entries")
+        else:
+            self._send(self.process, self._journal())
+
+    def wait(self) -> None:
+        "Wait until the process has tried every entry journaled so far."
+        with self._changed:
+            self._asked += 1
+            asked = self._asked
+        self._send(self.process, self._journal() | {"flush": asked})
+        with self._changed:
+            while self._flushed < asked and self.process is not None:
+                self._changed.wait(1.0)
+
+    def stop(self) -> None:
+        "End the process once it has done what was asked of it."
+        process, self.process = self.process, None
+        if process is not None:
+            self._close(process)
+
+    def raise_crash(self) -> None:
+        "Raise a strict store error of the process, once."
+        if self.crash is not None:
+            error, self.crash = self.crash, None
+            raise error
 
     def _fall_back(self, why: str) -> None:
         "Publish on a thread of the fit's own process from here on."

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,8 +82,14 @@ def test_process_publishes_what_inline_would(tmp_path: Path) -> None:
     use_test_instance()
     import lamindb as ln
 
-    events = []
-    checkpoint, _ = fit(tmp_path, artifact_observers=[type("O", (), {"on_artifact_saved": lambda s, e: events.append(e)})()])
+    events, threads = [], set()
+
+    def saved(observer, event) -> None:
+        events.append(event)
+        threads.add(threading.current_thread().name)
+
+    checkpoint, _ = fit(tmp_path, artifact_observers=[type("O", (), {"on_artifact_saved": saved})()])
+    assert threads == {"lamin_lightning-answers"}  # told by the process: not published inline, nor by a thread
     assert_all_published(checkpoint, tmp_path)
     assert len(stored(f"{tmp_path}/ckpts/checkpoints")) == 4  # top 3 and last.ckpt
     saved = [e for e in events if e.kind == "checkpoint"]  # saves evicted before they were published have none
