@@ -116,7 +116,6 @@ def serve(commands: IO[bytes], answers: IO[bytes]) -> None:
             answers.flush()
 
     log.handlers[:], log.propagate = [_Told(tell)], False
-    lower_priority()  # on a busy machine, publishing gives way to training
     log.setLevel(logging.INFO)
     import lamindb_setup as ln_setup
 
@@ -150,6 +149,7 @@ def serve(commands: IO[bytes], answers: IO[bytes]) -> None:
 
 def main(answers: int) -> None:
     "The publisher process: commands on stdin, answers on the file descriptor `answers`."
+    lower_priority()  # on a busy machine, publishing gives way to training
     serve(sys.stdin.buffer, os.fdopen(answers, "wb"))
 
 
