@@ -10,7 +10,7 @@ __all__ = ['FEATURE_TYPE', 'ARTIFACT_FEATURES', 'RUN_FEATURES', 'FeatureSpec', '
            'key_under', 'NoInstance', 'require_instance', 'database_reachable']
 
 # %% ../nbs/04_features.ipynb #ec56ea34
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, cast
 
@@ -18,7 +18,7 @@ import lamindb as ln
 import lamindb_setup as ln_setup
 from django.db.models import Q
 
-from .upstream import mark_lightning_type, update_json_links
+from .upstream import json_value_hash, mark_lightning_type, update_json_links
 
 # %% ../nbs/04_features.ipynb #c8979298
 FEATURE_TYPE: Final = "lamindb.lightning"
@@ -197,26 +197,43 @@ class ValueWriter:
     def __init__(self) -> None:
         self._value_ids: dict[tuple[int, str, str], int] = {}
 
+    def value_ids(self, pairs: Sequence[tuple[ln.Feature, Any]]) -> list[int]:
+        """Ids of the JsonValue rows of `(feature, value)` pairs: those not cached found with one query, those absent
+        created with one statement (a parallel fit may create the same row first: its id is taken)."""
+        keys = [(f.id, type(v).__name__, str(v)) for f, v in pairs]
+        missing = {k: (f, v, json_value_hash(v)) for k, (f, v) in zip(keys, pairs) if k not in self._value_ids}
+        if missing:
+            found = self._lookup([(f.id, h) for f, _, h in missing.values()])
+            if new := [ln.models.JsonValue(feature=f, value=v, hash=h) for f, v, h in missing.values()
+                       if (f.id, h) not in found]:
+                ln.models.JsonValue.objects.bulk_create(new, ignore_conflicts=True)
+                found |= self._lookup([(r.feature_id, r.hash) for r in new])
+            self._value_ids |= {k: found[(f.id, h)] for k, (f, _, h) in missing.items()}
+        return [self._value_ids[k] for k in keys]
+
+    @staticmethod
+    def _lookup(rows: Sequence[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        "`{(feature id, hash): id}` of the JsonValue rows among `rows` that exist."
+        wanted = set(rows)
+        found = ln.models.JsonValue.objects.filter(feature_id__in={f for f, _ in wanted}, hash__in={h for _, h in wanted})
+        return {(f, h): i for f, h, i in found.values_list("feature_id", "hash", "id") if (f, h) in wanted}
+
     def value_id(self, feature: ln.Feature, value: Any) -> int:
         "Id of the JsonValue row for `(feature, value)`, created if absent."
-        cache_key = (feature.id, type(value).__name__, str(value))
-        if cache_key not in self._value_ids:
-            record, _ = ln.models.JsonValue.get_or_create(feature, value)
-            self._value_ids[cache_key] = record.id
-        return self._value_ids[cache_key]
+        return self.value_ids([(feature, value)])[0]
 
     def add(self, artifact: ln.Artifact, values: Mapping[ln.Feature, Any]) -> None:
         "Annotate a new `artifact` with `values`."
-        scalar = {f: v for f, v in values.items() if f.dtype_as_str in _SCALAR_DTYPES}
-        links = [ln.models.ArtifactJsonValue(artifact_id=artifact.id, jsonvalue_id=self.value_id(f, v))
-                 for f, v in scalar.items()]
+        scalar = [(f, v) for f, v in values.items() if f.dtype_as_str in _SCALAR_DTYPES]
+        links = [ln.models.ArtifactJsonValue(artifact_id=artifact.id, jsonvalue_id=i)
+                 for i in self.value_ids(scalar)]
         ln.models.ArtifactJsonValue.objects.bulk_create(links)
-        if other := {f: v for f, v in values.items() if f not in scalar}:
+        if other := {f: v for f, v in values.items() if f.dtype_as_str not in _SCALAR_DTYPES}:
             artifact.features.add_values(dict(other))
 
     def replace(self, feature: ln.Feature, new_values: Mapping[int, Any]) -> None:
         "Set `feature` to `new_values[artifact_id]` on existing artifacts: one UPDATE, whatever their number."
-        links = [(a, self.value_id(feature, v)) for a, v in new_values.items()]
+        links = list(zip(new_values, self.value_ids([(feature, v) for v in new_values.values()])))
         updated = update_json_links(feature.id, links)
         if missing := [a for a in new_values if a not in updated]:  # artifacts without a value for `feature` yet
             present = set(ln.models.ArtifactJsonValue.objects.filter(

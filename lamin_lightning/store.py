@@ -23,7 +23,7 @@ import lamindb_setup as ln_setup
 from .features import ValueWriter, coerce_value, features_by_name
 from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file, remove_bytes
 from .observers import log
-from .upstream import delete_artifact, is_adding, new_artifact, set_run_status, write_transaction
+from .upstream import after_commit, delete_artifact, is_adding, new_artifact, set_run_status, write_transaction
 from .folders import IncompleteFolder, folder_problem, hash_folder
 from .writes import ServerCopies, copy_in_cloud, copy_target, is_remote
 
@@ -210,6 +210,7 @@ class EntryArtifacts(Placement):
         self.verbose = verbose  # let lamindb's own messages through
         self.writer = ValueWriter()
         self.lookups = Lookups()
+        self._grouped: dict[str, dict[int | str, Any]] | None = None  # a group's sibling changes, until its end
 
     def skip(self, entry: Entry) -> None:
         """Apply only the sibling changes of a save that is evicted or re-saved before it was published: its bytes are
@@ -248,6 +249,10 @@ class EntryArtifacts(Placement):
             self.ids |= {e: a for e, a in known.items() if a in existing}
 
     def _write_siblings(self, siblings: dict[str, dict[int | str, Any]]) -> None:
+        if self._grouped is not None:  # in `Store.together`: each sibling's last change is written once, at the end
+            for entry_id, changes in siblings.items():
+                self._grouped.setdefault(entry_id, {}).update(changes)
+            return
         by_feature: dict[int | str, dict[int, Any]] = {}
         for entry_id, changes in siblings.items():
             if entry_id in self.ids:  # a sibling that never got an artifact has nothing to update
@@ -336,13 +341,33 @@ class Store(EntryArtifacts):
                         self.writer.replace(feature, {artifact.id: value})
                 self._write_siblings(entry.siblings)
             self.ids[entry.id] = artifact.id
-        self.unstage(entry)
+        after_commit(lambda: self.unstage(entry))  # a group's transaction (`together`) may still roll back
         if entry.replaces is not None:  # the new artifact exists: only now retire the one it replaces
             if self.ids.get(entry.replaces) == artifact.id:
                 self.ids.pop(entry.replaces)
             else:
                 self._retire(entry.replaces, keep_file=entry.stored == entry.key)
         return artifact
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """One transaction around several `persist` calls (group commit), for new saves that retire nothing. The
+        siblings' flags and ranks are written once, at the end, each at the last value an entry gave it: shifting the
+        ranks of N checkpoints costs one statement per group, not one per save. If it rolls back, what this store
+        remembers of the database (artifact ids, feature value ids, runs) is as it was before, and no bytes were
+        unstaged."""
+        ids, value_ids, runs = dict(self.ids), dict(self.writer._value_ids), dict(self.lookups._runs)
+        self._grouped = {}
+        try:
+            with quiet_lamindb(self.verbose), write_transaction():
+                yield
+                grouped, self._grouped = self._grouped, None
+                self._write_siblings(grouped)
+        except BaseException:
+            self.ids, self.writer._value_ids, self.lookups._runs = ids, value_ids, runs
+            raise
+        finally:
+            self._grouped = None
 
     def _end_run(self, entry: Entry) -> None:
         "Mark the fit's run ended, with the status and time the `end` entry journaled (a run made at sync included)."

@@ -6,9 +6,9 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
-           'mark_lightning_type', 'write_transaction', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'delete_artifact', 'inner_io', 'set_inner_io', 'io_executor', 'wrap_cli_ckpt_path',
-           'LastCheckpoints', 'shard_writer']
+           'mark_lightning_type', 'write_transaction', 'after_commit', 'statements_wrapped', 'close_thread_connection',
+           'update_json_links', 'json_value_hash', 'delete_artifact', 'inner_io', 'set_inner_io', 'io_executor',
+           'wrap_cli_ckpt_path', 'LastCheckpoints', 'shard_writer']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
 import re
@@ -78,6 +78,13 @@ def write_transaction() -> Iterator[None]:
         connection.transaction_mode = mode
 
 
+def after_commit(func: Callable[[], Any]) -> None:
+    "Call `func` once the outermost transaction commits (at once outside one), and never if it rolls back."
+    from django.db import transaction
+
+    transaction.on_commit(func)
+
+
 @contextmanager
 def statements_wrapped(wrapper: Callable[..., Any]) -> Iterator[None]:
     "Call `wrapper(execute, sql, params, many, context)` for each statement of this thread's database connection."
@@ -119,6 +126,15 @@ def update_json_links(feature_id: int, links: Sequence[tuple[int, int]]) -> set[
             if cursor.rowcount == len(chunk):
                 updated.update(a for a, _ in chunk)
     return updated
+
+# %% ../nbs/03_upstream.ipynb #f562d08a
+def json_value_hash(value: Any) -> str:
+    """The `hash` of lamindb's JsonValue row for `value`, as `JsonValue.get_or_create` computes it (a scalar from its
+    string form, a dict as a dict): with it, the rows of many values are looked up with one query, and the missing
+    ones created with one statement, where `get_or_create` costs two statements and a savepoint per value."""
+    from lamindb_setup.core.hashing import hash_dict, hash_string
+
+    return hash_dict(value) if isinstance(value, dict) else hash_string(str(value))
 
 # %% ../nbs/03_upstream.ipynb #ab063242
 def delete_artifact(artifact: ln.Artifact, storage: bool) -> None:

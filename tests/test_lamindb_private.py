@@ -177,3 +177,17 @@ def test_delete_artifact_skips_the_version_search() -> None:
     assert v2.uid[:16] == v1.uid[:16] and not v2.uid.endswith("0000")
     delete_artifact(v2, storage=True)  # not the first version: lamindb promotes v1
     assert ln.Artifact.get(id=v1.id).is_latest
+
+
+def test_json_value_hash_is_the_hash_get_or_create_stores() -> None:
+    """`upstream.json_value_hash`: the hash lamindb's `JsonValue.get_or_create` gives a float, an int, a string, a bool
+    and a dict, so that `features.ValueWriter.value_ids` finds the rows it made (and it the rows we make)."""
+    use_test_instance()
+    import lamindb as ln
+
+    from lamin_lightning.upstream import json_value_hash
+
+    feature = ln.Feature.filter(name="private_any").one_or_none() or ln.Feature(name="private_any", dtype="dict").save()
+    for value in (0.25, 7, "val_loss", True, {"lr": 0.1, "layers": [1, 2]}):
+        record, _ = ln.models.JsonValue.get_or_create(feature, value)
+        assert record.hash == json_value_hash(value), value
