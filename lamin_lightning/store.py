@@ -6,7 +6,7 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/store.html.md"""
 
 # %% auto #0
 __all__ = ['storage_root', 'quiet_lamindb', 'EntryFiles', 'Placement', 'script_transform', 'Lookups', 'existing_ids',
-           'EntryArtifacts', 'check_owned', 'Store']
+           'EntryArtifacts', 'check_owned', 'Grouped', 'Store']
 
 # %% ../nbs/10_store.ipynb #d4e5f604
 import os
@@ -210,7 +210,6 @@ class EntryArtifacts(Placement):
         self.verbose = verbose  # let lamindb's own messages through
         self.writer = ValueWriter()
         self.lookups = Lookups()
-        self._grouped: dict[str, dict[int | str, Any]] | None = None  # a group's sibling changes, until its end
 
     def skip(self, entry: Entry) -> None:
         """Apply only the sibling changes of a save that is evicted or re-saved before it was published: its bytes are
@@ -249,10 +248,6 @@ class EntryArtifacts(Placement):
             self.ids |= {e: a for e, a in known.items() if a in existing}
 
     def _write_siblings(self, siblings: dict[str, dict[int | str, Any]]) -> None:
-        if self._grouped is not None:  # in `Store.together`: each sibling's last change is written once, at the end
-            for entry_id, changes in siblings.items():
-                self._grouped.setdefault(entry_id, {}).update(changes)
-            return
         by_feature: dict[int | str, dict[int, Any]] = {}
         for entry_id, changes in siblings.items():
             if entry_id in self.ids:  # a sibling that never got an artifact has nothing to update
@@ -314,11 +309,47 @@ def check_owned(path: Path, contents: Contents) -> None:
                        f"is the path of the artifact(s) {', '.join(others)}, which this journal's fit did not make")
 
 
+# %% ../nbs/10_store.ipynb #fcbde825
+class Grouped(EntryArtifacts):
+    "Persists several entries in one transaction (group commit), their siblings' changes written once at its end."
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._grouped: dict[str, dict[int | str, Any]] | None = None  # a group's sibling changes, until its end
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """One transaction around several `persist` calls (group commit), for new saves that retire nothing. The
+        siblings' flags and ranks are written once, at the end, each at the last value an entry gave it: shifting the
+        ranks of N checkpoints costs one statement per group, not one per save. If it rolls back, what this store
+        remembers of the database (artifact ids, feature value ids, runs) is as it was before, and no bytes were
+        unstaged."""
+        ids, value_ids, runs = dict(self.ids), dict(self.writer._value_ids), dict(self.lookups._runs)
+        self._grouped = {}
+        try:
+            with quiet_lamindb(self.verbose), write_transaction():
+                yield
+                grouped, self._grouped = self._grouped, None
+                self._write_siblings(grouped)
+        except BaseException:
+            self.ids, self.writer._value_ids, self.lookups._runs = ids, value_ids, runs
+            raise
+        finally:
+            self._grouped = None
+
+    def _write_siblings(self, siblings: dict[str, dict[int | str, Any]]) -> None:
+        if self._grouped is None:
+            super()._write_siblings(siblings)
+            return
+        for entry_id, changes in siblings.items():  # in `together`: each sibling's last change, written at its end
+            self._grouped.setdefault(entry_id, {}).update(changes)
+
+
 # %% ../nbs/10_store.ipynb #91b4bf79
 _LAMINDB_KIND = {"checkpoint": "model", "config": "config", "hparams": "config"}
 
 
-class Store(EntryArtifacts):
+class Store(Grouped):
     "Persists entries into the connected LaminDB instance: the step that inline, background and replayed publishing share."
 
     def persist(self, entry: Entry) -> ln.Artifact | None:
@@ -348,26 +379,6 @@ class Store(EntryArtifacts):
             else:
                 self._retire(entry.replaces, keep_file=entry.stored == entry.key)
         return artifact
-
-    @contextmanager
-    def together(self) -> Iterator[None]:
-        """One transaction around several `persist` calls (group commit), for new saves that retire nothing. The
-        siblings' flags and ranks are written once, at the end, each at the last value an entry gave it: shifting the
-        ranks of N checkpoints costs one statement per group, not one per save. If it rolls back, what this store
-        remembers of the database (artifact ids, feature value ids, runs) is as it was before, and no bytes were
-        unstaged."""
-        ids, value_ids, runs = dict(self.ids), dict(self.writer._value_ids), dict(self.lookups._runs)
-        self._grouped = {}
-        try:
-            with quiet_lamindb(self.verbose), write_transaction():
-                yield
-                grouped, self._grouped = self._grouped, None
-                self._write_siblings(grouped)
-        except BaseException:
-            self.ids, self.writer._value_ids, self.lookups._runs = ids, value_ids, runs
-            raise
-        finally:
-            self._grouped = None
 
     def _end_run(self, entry: Entry) -> None:
         "Mark the fit's run ended, with the status and time the `end` entry journaled (a run made at sync included)."
