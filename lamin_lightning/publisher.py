@@ -361,20 +361,19 @@ GROUP = 16  # the most entries one transaction publishes: it holds SQLite's writ
 
 
 class Grouping(Completing):
-    "Publishes new saves that wait together in one transaction (group commit), finishing them in order after it."
+    "Publishes entries that wait together in one transaction (group commit), finishing them in order after it."
 
     def _group(self) -> list[Entry]:
-        """The leading pending entries that one transaction publishes (group commit), when there are two or more: new
-        saves into local storage whose files are complete, that retire nothing and are not superseded, while the store
-        does not fail. Each commit costs a disk sync on SQLite and a round trip on PostgreSQL; a retirement deletes
-        bytes at once, so it is published on its own, after the group."""
+        """The leading pending entries that one transaction publishes (group commit), when there are two or more: saves
+        and evictions in local storage whose files are complete, while the store does not fail. Each commit costs a
+        disk sync on SQLite and a round trip on PostgreSQL; the bytes of what the group retires are deleted once it
+        commits (`store.Grouped`)."""
         if storage_root() is None or self.failures.failing is not None:  # uploads stay out of transactions; while
             return []  # the store fails, one attempt per entry, as alone (a failed group would be tried again alone)
         group: list[Entry] = []
         for entry in self.pending[:GROUP]:
             write = self.writes.get(entry.id)
-            if entry.op != "save" or entry.replaces is not None or entry.remote is not None or \
-                    entry.id in self.superseded or self._evicted_early(entry) or \
+            if entry.op not in ("save", "remove") or entry.remote is not None or \
                     write is not None and (not write.is_set() or getattr(write, "error", None) is not None):
                 break
             group.append(entry)
@@ -384,14 +383,22 @@ class Grouping(Completing):
         "Publish `group` in one transaction and finish its entries in order; `None`, with nothing changed, if it rolled back."
         try:
             with self.store.together():
-                artifacts = [self.store.persist(entry) for entry in group]
+                results = [self._attempt(entry) for entry in group]
         except Exception as error:  # published one at a time next: the entry that fails is reported then
             log.debug("lamin_lightning: a group of %d entries rolled back (%s: %s)", len(group), type(error).__name__, error)
             return None
-        for entry, artifact in zip(group, artifacts):
+        for entry, (artifact, skipped) in zip(group, results):
             self.writes.pop(entry.id, None)
-            self._finish(entry, artifact)
-        return {entry.id: artifact for entry, artifact in zip(group, artifacts)}
+            self._finish(entry, artifact, skipped=skipped)
+        return {entry.id: artifact for entry, (artifact, skipped) in zip(group, results) if not skipped}
+
+    def _attempt(self, entry: Entry) -> tuple[ln.Artifact | None, bool]:
+        """Persist `entry`, or, for a save evicted or re-saved before it was published, apply only its sibling changes:
+        `(its artifact, whether it was skipped)`."""
+        if entry.id in self.superseded or self._evicted_early(entry):
+            self.store.skip(entry)  # nothing to register or upload
+            return None, True
+        return self.store.persist(entry), False
 
     def _evicted_early(self, entry: Entry) -> bool:
         """A save whose eviction is already pending, and that retires nothing itself: skipping it loses nothing. (A
@@ -405,7 +412,7 @@ class Draining(Grouping):
     "Persists the recorded entries in order until one fails, and deletes the journal once it holds nothing."
 
     def drain(self) -> dict[str, ln.Artifact | None]:
-        """Persist pending entries in order until one fails; returns the artifacts made, by entry id. New saves that
+        """Persist pending entries in order until one fails; returns the artifacts made, by entry id. Entries that
         wait together are committed together (`_group`); if that transaction rolls back, they are published one at
         a time, as the others are, so that the entry that fails is the one reported."""
         made: dict[str, ln.Artifact | None] = {}
@@ -424,11 +431,7 @@ class Draining(Grouping):
                     if (failed := getattr(write, "error", None)) is not None:
                         raise OSError(f"writing {self.store.source(entry)} failed: {failed!r}")
                     self.writes.pop(entry.id)
-                if entry.id in self.superseded or self._evicted_early(entry):
-                    self.store.skip(entry)  # evicted before it was published: nothing to register or upload
-                    self._finish(entry, None, skipped=True)
-                    continue
-                artifact = self.store.persist(entry)
+                artifact, skipped = self._attempt(entry)
             except Exception as error:
                 if entry.op == "save" and (isinstance(error, IncompleteFolder) or self.store.bytes_gone(entry)):
                     superseded = entry.id in self.superseded or \
@@ -441,8 +444,9 @@ class Draining(Grouping):
                     stops = self.failures.message(entry, error, "Training stops (strict=True)", *self._where(entry))
                     raise StoreError(stops) from error
                 return made
-            made[entry.id] = artifact
-            self._finish(entry, artifact)
+            if not skipped:
+                made[entry.id] = artifact
+            self._finish(entry, artifact, skipped=skipped)
         self._release_journal()
         return made
 

@@ -263,8 +263,11 @@ class EntryArtifacts(Placement):
         artifact = ln.Artifact.objects.filter(id=artifact_id).first() if artifact_id is not None else None
         if artifact is not None:
             with quiet_lamindb(self.verbose), write_transaction():
-                delete_artifact(artifact, storage=not keep_file)
+                self._delete(artifact, storage=not keep_file)
         return artifact
+
+    def _delete(self, artifact: ln.Artifact, storage: bool) -> None:
+        delete_artifact(artifact, storage=storage)
 
 # %% ../nbs/10_store.ipynb #7a1c2e3f
 def _made_for(entry_id: str, artifact: ln.Artifact, entry: Entry | None) -> bool:
@@ -311,7 +314,8 @@ def check_owned(path: Path, contents: Contents) -> None:
 
 # %% ../nbs/10_store.ipynb #fcbde825
 class Grouped(EntryArtifacts):
-    "Persists several entries in one transaction (group commit), their siblings' changes written once at its end."
+    """Persists several entries in one transaction (group commit): their siblings' changes written once at its end, the
+    bytes of the artifacts they retire deleted once it commits."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -319,11 +323,11 @@ class Grouped(EntryArtifacts):
 
     @contextmanager
     def together(self) -> Iterator[None]:
-        """One transaction around several `persist` calls (group commit), for new saves that retire nothing. The
-        siblings' flags and ranks are written once, at the end, each at the last value an entry gave it: shifting the
-        ranks of N checkpoints costs one statement per group, not one per save. If it rolls back, what this store
-        remembers of the database (artifact ids, feature value ids, runs) is as it was before, and no bytes were
-        unstaged."""
+        """One transaction around several `persist` and `skip` calls (group commit). The siblings' flags and ranks are
+        written once, at the end, each at the last value an entry gave it: shifting the ranks of N checkpoints costs
+        one statement per group, not one per save. If it rolls back, what this store remembers of the database
+        (artifact ids, feature value ids, runs) is as it was before, and no bytes were unstaged or deleted, but those
+        of the superseded saves it skipped, which are never published."""
         ids, value_ids, runs = dict(self.ids), dict(self.writer._value_ids), dict(self.lookups._runs)
         self._grouped = {}
         try:
@@ -343,6 +347,9 @@ class Grouped(EntryArtifacts):
             return
         for entry_id, changes in siblings.items():  # in `together`: each sibling's last change, written at its end
             self._grouped.setdefault(entry_id, {}).update(changes)
+
+    def _delete(self, artifact: ln.Artifact, storage: bool) -> None:
+        delete_artifact(artifact, storage=storage, deferred=self._grouped is not None)  # a group may roll back
 
 
 # %% ../nbs/10_store.ipynb #91b4bf79

@@ -26,9 +26,9 @@ def fit_keep_all(tmp_path: Path, name: str, **kwargs):
 
 
 @pytest.fixture
-def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of entries each group transaction committed (0 for one that rolled back); the first publication is
-    slow, so that saves wait together."""
+def groups(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> list[int]:
+    """The number of entries each group transaction committed (0 for one that rolled back); one publication (the
+    first, or the test's `slow_at`-th) is slow, so that the saves after it wait together."""
     from lamin_lightning.store import Store
 
     sizes: list[int] = []
@@ -47,7 +47,7 @@ def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def slow_first(self, entry):
         calls.append(entry.id)
-        if len(calls) == 1:
+        if len(calls) == getattr(request.function, "slow_at", 1):
             time.sleep(1.0)  # the database is busy: training goes on, and its saves wait together
         return persist(self, entry)
 
@@ -103,3 +103,58 @@ def test_a_group_that_fails_is_published_one_at_a_time(tmp_path: Path, groups: l
     assert_consistent(dirpath, f"{dirpath}/checkpoints", callback.best_k_models, callback.best_model_path)
     assert ln.Artifact.filter(key__startswith=f"{dirpath}/checkpoints/").count() == SAVES
     assert len([key for event, _, key in recorder.summary() if event == "saved"]) == SAVES  # one event each
+
+
+def test_evictions_in_a_group_delete_bytes_only_once_it_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`save_top_k=3` and `save_last`: the store refuses every write after the tenth, so the journal keeps saves,
+    evictions of published checkpoints and re-saves of `last.ckpt`; `sync` publishes them in groups. The first group
+    with an eviction fails right after it: once rolled back, every artifact in LaminDB still has its bytes (the
+    eviction's deletion waited for a commit that never came). At the end LaminDB holds the kept files, and nothing of
+    the evicted ones is left in the storage."""
+    root = use_test_instance()
+    import lamindb as ln
+    from django.db.utils import OperationalError
+
+    import lamin_lightning as ll
+    from lamin_lightning.store import Store
+
+    dirpath, managed = tmp_path / "topk", root / ".lamindb"
+    before = set(managed.iterdir()) if managed.exists() else set()
+    persist, together = Store.persist, Store.together
+    calls, groups, failed, missing = [], [], [], []
+
+    def refused_then_failing_after_an_eviction(self, entry):
+        calls.append(entry.id)
+        if len(calls) > 10 and not groups:  # the fit: refused from the eleventh write on
+            raise ConnectionError("refused")
+        result = persist(self, entry)
+        if self._grouped is not None and entry.op == "remove" and result is not None and not failed:
+            failed.append(entry.id)
+            raise OperationalError("disk I/O error")  # the eviction's row was deleted in this transaction
+        return result
+
+    def counted(self):
+        groups.append(0)
+        try:
+            with together(self):
+                yield
+        except OperationalError:  # rolled back: every artifact of the fit has its bytes
+            missing.extend(a.key for a in ln.Artifact.filter(key__startswith=f"{dirpath}/") if not Path(a.path).exists())
+            raise
+        groups[-1] = 1
+
+    from contextlib import contextmanager
+
+    monkeypatch.setattr(Store, "persist", refused_then_failing_after_an_eviction)
+    monkeypatch.setattr(Store, "together", contextmanager(counted))
+    callback = ll.Checkpoint(dirpath=dirpath, monitor="train_loss", save_top_k=3, save_last=True, every_n_train_steps=1)
+    trainer = tiny_trainer(dirpath, [callback], logger=False, max_epochs=1, max_steps=SAVES,
+                           limit_train_batches=SAVES, limit_val_batches=0)
+    trainer.fit(TinyModel(lr=0.01), TinyData(n=8 * SAVES))
+    assert not groups  # while the store refuses, each entry is tried alone
+    assert ll.sync(dirpath).exit_code == 0
+    assert failed and not missing, (failed, missing)  # a group with an eviction rolled back, and no bytes went with it
+    assert sum(groups) > 1, groups  # later groups committed
+    assert_consistent(dirpath, f"{dirpath}/checkpoints", callback.best_k_models, callback.best_model_path)
+    kept = {Path(a.path) for a in ln.Artifact.filter(key__startswith=f"{dirpath}/")}
+    assert set(managed.iterdir()) - before <= kept  # the evicted checkpoints' bytes are gone from the storage

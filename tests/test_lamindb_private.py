@@ -191,3 +191,33 @@ def test_json_value_hash_is_the_hash_get_or_create_stores() -> None:
     for value in (0.25, 7, "val_loss", True, {"lr": 0.1, "layers": [1, 2]}):
         record, _ = ln.models.JsonValue.get_or_create(feature, value)
         assert record.hash == json_value_hash(value), value
+
+
+def test_delete_artifact_deferred_keeps_the_bytes_until_commit() -> None:
+    """`upstream.delete_artifact(..., deferred=True)` inside a transaction: the row goes at once, the bytes (at the path
+    lamindb would delete) only when the transaction commits, and not at all when it rolls back."""
+    root = use_test_instance()
+    import lamindb as ln
+    from django.db import transaction
+
+    from lamin_lightning.upstream import delete_artifact
+
+    def saved(name: str) -> ln.Artifact:
+        path = root / name
+        path.write_bytes(name.encode())
+        return ln.Artifact(path, key=f"private/{name}").save()
+
+    kept, gone = saved("deferred-kept.ckpt"), saved("deferred-gone.ckpt")
+    kept_path, gone_path = Path(kept.path), Path(gone.path)
+    try:
+        with transaction.atomic():
+            delete_artifact(kept, storage=True, deferred=True)
+            assert kept_path.exists() and not ln.Artifact.filter(key="private/deferred-kept.ckpt").exists()
+            raise RuntimeError("roll back")
+    except RuntimeError:
+        pass
+    assert kept_path.exists() and ln.Artifact.filter(key="private/deferred-kept.ckpt").exists()
+    with transaction.atomic():
+        delete_artifact(gone, storage=True, deferred=True)
+        assert gone_path.exists()
+    assert not gone_path.exists() and not ln.Artifact.filter(key="private/deferred-gone.ckpt").exists()
