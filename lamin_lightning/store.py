@@ -248,11 +248,15 @@ class EntryArtifacts(Placement):
             self.ids |= {e: a for e, a in known.items() if a in existing}
 
     def _write_siblings(self, siblings: dict[str, dict[int | str, Any]]) -> None:
+        "Apply an entry's changes to its siblings' flags and ranks (a sibling that never got an artifact has none)."
+        self._write_values({self.ids[e]: changes for e, changes in siblings.items() if e in self.ids})
+
+    def _write_values(self, changes: dict[int, dict[int | str, Any]]) -> None:
+        "Set feature values of existing artifacts: `{artifact id: {feature id (or name): value}}`."
         by_feature: dict[int | str, dict[int, Any]] = {}
-        for entry_id, changes in siblings.items():
-            if entry_id in self.ids:  # a sibling that never got an artifact has nothing to update
-                for feature_id, value in changes.items():
-                    by_feature.setdefault(feature_id, {})[self.ids[entry_id]] = value
+        for artifact_id, changed in changes.items():
+            for feature_id, value in changed.items():
+                by_feature.setdefault(feature_id, {})[artifact_id] = value
         records = self.lookups.records(by_feature)
         for key, values in by_feature.items():
             if key in records:
@@ -319,7 +323,7 @@ class Grouped(EntryArtifacts):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._grouped: dict[str, dict[int | str, Any]] | None = None  # a group's sibling changes, until its end
+        self._grouped: dict[int, dict[int | str, Any]] | None = None  # a group's sibling changes by artifact id
 
     @contextmanager
     def together(self) -> Iterator[None]:
@@ -334,7 +338,7 @@ class Grouped(EntryArtifacts):
             with quiet_lamindb(self.verbose), write_transaction():
                 yield
                 grouped, self._grouped = self._grouped, None
-                self._write_siblings(grouped)
+                self._write_values(grouped)
         except BaseException:
             self.ids, self.writer._value_ids, self.lookups._runs = ids, value_ids, runs
             raise
@@ -346,9 +350,12 @@ class Grouped(EntryArtifacts):
             super()._write_siblings(siblings)
             return
         for entry_id, changes in siblings.items():  # in `together`: each sibling's last change, written at its end
-            self._grouped.setdefault(entry_id, {}).update(changes)
+            if entry_id in self.ids:  # its artifact now: a re-save may take it over under a new entry id
+                self._grouped.setdefault(self.ids[entry_id], {}).update(changes)
 
     def _delete(self, artifact: ln.Artifact, storage: bool) -> None:
+        if self._grouped is not None:
+            self._grouped.pop(artifact.id, None)  # retired: nothing more to write on it
         delete_artifact(artifact, storage=storage, deferred=self._grouped is not None)  # a group may roll back
 
 
