@@ -14,6 +14,7 @@ binaries, installed with apt-get when missing) instead of SQLite.
 import argparse
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ll-bench-parallel-"))
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, root, True)  # last, after the server stops: the bench leaves nothing behind
         if args.postgres:
             sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
             from pg import postgres_server
