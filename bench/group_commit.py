@@ -15,12 +15,11 @@ import shutil
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checkpoint_overhead import bench_instance, guard, ll, ln  # noqa: E402  (isolated, no network)
-from instance_size import postgres_instance  # noqa: E402
+from instance_size import database_server, postgres_instance  # noqa: E402
 
 from lamin_lightning import publisher  # noqa: E402
 from lamin_lightning.store import Store  # noqa: E402
@@ -66,14 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=-1, help="save_top_k; above 0 with save_last: evictions, re-saves")
     args = parser.parse_args()
-    if args.db == "postgres":
-        sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-        from pg import postgres_server
-
-        server = postgres_server()
-    else:
-        server = nullcontext()
-    with server as url:
+    with database_server(args.db) as url:
         root = bench_instance("ll-bench-group-") if url is None else postgres_instance("ll-bench-group-", url)
         try:
             measure(args, root)

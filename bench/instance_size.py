@@ -177,6 +177,16 @@ def diagnose(name: str, work) -> None:
             shown = True
 
 
+def database_server(db: str):
+    "For `--db postgres`, a private PostgreSQL server on loopback (tests/pg.py), entered as its URL; else `None`."
+    if db != "postgres":
+        return nullcontext()
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from pg import postgres_server
+
+    return postgres_server()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
@@ -184,19 +194,14 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
-    if args.db == "postgres":
-        sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-        from pg import postgres_server, postgres_version
-
-        server = postgres_server()
-    else:
-        server = nullcontext()
-    with server as url:
+    with database_server(args.db) as url:
         code = bench(args, url)
         from django.db import connections
 
         connections.close_all()  # before the server stops
         if url is not None:
+            from pg import postgres_version
+
             print(postgres_version())
     sys.exit(code)
 
