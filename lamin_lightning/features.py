@@ -218,9 +218,6 @@ class ValueWriter:
         found = ln.models.JsonValue.objects.filter(feature_id__in={f for f, _ in wanted}, hash__in={h for _, h in wanted})
         return {(f, h): i for f, h, i in found.values_list("feature_id", "hash", "id") if (f, h) in wanted}
 
-    def value_id(self, feature: ln.Feature, value: Any) -> int:
-        "Id of the JsonValue row for `(feature, value)`, created if absent."
-        return self.value_ids([(feature, value)])[0]
 
     def add(self, artifact: ln.Artifact, values: Mapping[ln.Feature, Any]) -> None:
         "Annotate a new `artifact` with `values`."
@@ -233,13 +230,13 @@ class ValueWriter:
 
     def replace(self, feature: ln.Feature, new_values: Mapping[int, Any]) -> None:
         "Set `feature` to `new_values[artifact_id]` on existing artifacts: one UPDATE, whatever their number."
-        links = list(zip(new_values, self.value_ids([(feature, v) for v in new_values.values()])))
-        updated = update_json_links(feature.id, links)
+        ids = dict(zip(new_values, self.value_ids([(feature, v) for v in new_values.values()])))
+        updated = update_json_links(feature.id, list(ids.items()))
         if missing := [a for a in new_values if a not in updated]:  # artifacts without a value for `feature` yet
             present = set(ln.models.ArtifactJsonValue.objects.filter(
                 artifact_id__in=missing, jsonvalue__feature_id=feature.id).values_list("artifact_id", flat=True))
             ln.models.ArtifactJsonValue.objects.bulk_create(
-                [ln.models.ArtifactJsonValue(artifact_id=a, jsonvalue_id=self.value_id(feature, new_values[a]))
+                [ln.models.ArtifactJsonValue(artifact_id=a, jsonvalue_id=ids[a])
                  for a in missing if a not in present])
 
 # %% ../nbs/04_features.ipynb #b8582400

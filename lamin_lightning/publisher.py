@@ -368,8 +368,8 @@ class Grouping(Completing):
         and evictions in local storage whose files are complete, while the store does not fail. Each commit costs a
         disk sync on SQLite and a round trip on PostgreSQL; the bytes of what the group retires are deleted once it
         commits (`store.Grouped`)."""
-        if storage_root() is None or self.failures.failing is not None:  # uploads stay out of transactions; while
-            return []  # the store fails, one attempt per entry, as alone (a failed group would be tried again alone)
+        if len(self.pending) < 2 or self.failures.failing is not None or storage_root() is None:  # (inline: one
+            return []  # pending); while the store fails, one attempt per entry; uploads stay out of transactions
         group: list[Entry] = []
         for entry in self.pending[:GROUP]:
             write = self.writes.get(entry.id)

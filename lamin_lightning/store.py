@@ -23,7 +23,8 @@ import lamindb_setup as ln_setup
 from .features import ValueWriter, coerce_value, features_by_name
 from .journal import STAGING, Contents, Entry, JournalRefused, line_of, place_file, remove_bytes
 from .observers import log
-from .upstream import after_commit, delete_artifact, is_adding, new_artifact, set_run_status, write_transaction
+from .upstream import (after_commit, bytes_deleted_with, delete_artifact, is_adding, new_artifact,
+                                     set_run_status, write_transaction)
 from .folders import IncompleteFolder, folder_problem, hash_folder
 from .writes import ServerCopies, copy_in_cloud, copy_target, is_remote
 
@@ -354,9 +355,12 @@ class Grouped(EntryArtifacts):
                 self._grouped.setdefault(self.ids[entry_id], {}).update(changes)
 
     def _delete(self, artifact: ln.Artifact, storage: bool) -> None:
-        if self._grouped is not None:
-            self._grouped.pop(artifact.id, None)  # retired: nothing more to write on it
-        delete_artifact(artifact, storage=storage, deferred=self._grouped is not None)  # a group may roll back
+        if self._grouped is None:
+            return super()._delete(artifact, storage)
+        self._grouped.pop(artifact.id, None)  # retired: nothing more to write on it
+        if storage and (path := bytes_deleted_with(artifact)) is not None:  # the group may still roll back
+            after_commit(lambda: remove_bytes(path))
+        delete_artifact(artifact, storage=False)
 
 
 # %% ../nbs/10_store.ipynb #91b4bf79

@@ -7,12 +7,11 @@ Docs: https://lamin-lightning.github.io/lamin_lightning/upstream.html.md"""
 # %% auto #0
 __all__ = ['MODEL_CHECKPOINT_HOOKS', 'MODEL_CHECKPOINT_STATE', 'register_managed', 'new_artifact', 'is_adding', 'set_run_status',
            'mark_lightning_type', 'write_transaction', 'after_commit', 'statements_wrapped', 'close_thread_connection',
-           'update_json_links', 'json_value_hash', 'delete_artifact', 'remove_path', 'inner_io', 'set_inner_io',
+           'update_json_links', 'json_value_hash', 'delete_artifact', 'bytes_deleted_with', 'inner_io', 'set_inner_io',
            'io_executor', 'wrap_cli_ckpt_path', 'LastCheckpoints', 'shard_writer']
 
 # %% ../nbs/03_upstream.ipynb #9a890c3d
 import re
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,32 +138,23 @@ def json_value_hash(value: Any) -> str:
     return hash_dict(value) if isinstance(value, dict) else hash_string(str(value))
 
 # %% ../nbs/03_upstream.ipynb #ab063242
-def delete_artifact(artifact: ln.Artifact, storage: bool, deferred: bool = False) -> None:
+def delete_artifact(artifact: ln.Artifact, storage: bool) -> None:
     """`artifact.delete(permanent=True, storage=storage)`, without lamindb's search for a new latest version when
     `artifact` is the first and latest of its family (uid suffix `0000`): the only version on its branch, so there is
     none to promote. lamindb 2.12 finds one with an unindexable `uid LIKE 'stem%'` ordered by `created_at`, which reads
     every artifact of the instance (73 ms a deletion at 100,000 artifacts, `bench/instance_size.py`). Not for a folder
-    whose versions share one store (`_overwrite_versions`): there lamindb reads `is_latest` to decide what to delete.
-    `deferred`: lamindb deletes the bytes at once, so a caller inside a transaction that may still roll back (a group
-    commit) has the row deleted now and the bytes once it commits, where lamindb would delete them (not the store an
-    older version of a folder shares with its family)."""
-    if deferred and storage:
-        path, shared = artifact.path, artifact._overwrite_versions and not artifact.is_latest
-        if not shared:
-            after_commit(lambda: remove_path(path))
-        storage = False
+    whose versions share one store (`_overwrite_versions`): there lamindb reads `is_latest` to decide what to delete."""
     if artifact.is_latest and artifact.uid.endswith("0000") and not artifact._overwrite_versions:
         artifact.is_latest = False  # in memory only: the row is deleted below
     artifact.delete(permanent=True, storage=storage)
 
 
-def remove_path(path: Any) -> None:
-    "Delete the local file or folder `path`, if there."
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+def bytes_deleted_with(artifact: ln.Artifact) -> Path | None:
+    """The bytes that lamindb's `delete(permanent=True, storage=True)` of `artifact` in local storage removes: its path,
+    or `None` for an older version of a folder whose versions share one store (`_overwrite_versions`), which lamindb
+    keeps. lamindb deletes them at once; a group commit (`store.Grouped`) deletes the row in its transaction and these
+    bytes only once it commits."""
+    return None if artifact._overwrite_versions and not artifact.is_latest else Path(str(artifact.path))
 
 # %% ../nbs/03_upstream.ipynb #80be6352
 def inner_io(async_io: Any) -> Any:

@@ -26,9 +26,9 @@ def fit_keep_all(tmp_path: Path, name: str, **kwargs):
 
 
 @pytest.fixture
-def groups(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> list[int]:
-    """The number of entries each group transaction committed (0 for one that rolled back); one publication (the
-    first, or the test's `slow_at`-th) is slow, so that the saves after it wait together."""
+def groups(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of entries each group transaction committed (0 for one that rolled back); the first publication is
+    slow, so that the saves after it wait together."""
     from lamin_lightning.store import Store
 
     sizes: list[int] = []
@@ -47,7 +47,7 @@ def groups(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> l
 
     def slow_first(self, entry):
         calls.append(entry.id)
-        if len(calls) == getattr(request.function, "slow_at", 1):
+        if len(calls) == 1:
             time.sleep(1.0)  # the database is busy: training goes on, and its saves wait together
         return persist(self, entry)
 

@@ -193,31 +193,28 @@ def test_json_value_hash_is_the_hash_get_or_create_stores() -> None:
         assert record.hash == json_value_hash(value), value
 
 
-def test_delete_artifact_deferred_keeps_the_bytes_until_commit() -> None:
-    """`upstream.delete_artifact(..., deferred=True)` inside a transaction: the row goes at once, the bytes (at the path
-    lamindb would delete) only when the transaction commits, and not at all when it rolls back."""
+def test_bytes_deleted_with_names_what_lamindb_deletes() -> None:
+    """`upstream.bytes_deleted_with`: the path that lamindb's permanent delete with storage removes (a group commit
+    deletes exactly those bytes after its commit), and `None` for an older version of a folder family, whose shared
+    store lamindb keeps."""
     root = use_test_instance()
     import lamindb as ln
-    from django.db import transaction
 
-    from lamin_lightning.upstream import delete_artifact
+    from lamin_lightning.upstream import bytes_deleted_with, delete_artifact
 
-    def saved(name: str) -> ln.Artifact:
-        path = root / name
-        path.write_bytes(name.encode())
-        return ln.Artifact(path, key=f"private/{name}").save()
-
-    kept, gone = saved("deferred-kept.ckpt"), saved("deferred-gone.ckpt")
-    kept_path, gone_path = Path(kept.path), Path(gone.path)
-    try:
-        with transaction.atomic():
-            delete_artifact(kept, storage=True, deferred=True)
-            assert kept_path.exists() and not ln.Artifact.filter(key="private/deferred-kept.ckpt").exists()
-            raise RuntimeError("roll back")
-    except RuntimeError:
-        pass
-    assert kept_path.exists() and ln.Artifact.filter(key="private/deferred-kept.ckpt").exists()
-    with transaction.atomic():
-        delete_artifact(gone, storage=True, deferred=True)
-        assert gone_path.exists()
-    assert not gone_path.exists() and not ln.Artifact.filter(key="private/deferred-gone.ckpt").exists()
+    path = root / "private-bytes.ckpt"
+    path.write_bytes(b"evicted")
+    artifact = ln.Artifact(path, key="private/bytes.ckpt").save()
+    named = bytes_deleted_with(artifact)
+    assert named == Path(artifact.path) and named.exists()
+    delete_artifact(artifact, storage=True)
+    assert not named.exists()  # lamindb removed the bytes it names
+    folder = root / "private-folder.ckpt"
+    folder.mkdir()
+    (folder / "shard").write_bytes(b"v1")
+    first = ln.Artifact(folder, key="private/folder.ckpt").save()
+    (folder / "shard").write_bytes(b"v2")
+    second = ln.Artifact(folder, key="private/folder.ckpt", revises=first).save()
+    first = ln.Artifact.get(id=first.id)  # no longer the latest
+    assert first._overwrite_versions and not first.is_latest and bytes_deleted_with(first) is None
+    assert bytes_deleted_with(second) == Path(second.path)
